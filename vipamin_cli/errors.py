@@ -1,0 +1,33 @@
+"""User-facing errors: one line that names the bad input and the fix, never a traceback."""
+
+from __future__ import annotations
+
+
+class VipaminError(Exception):
+    """A failure the user can act on. ``exit_code`` 2 = bad input/usage, 1 = runtime failure."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.fix}" if self.fix else self.message
+
+
+class InputError(VipaminError):
+    """Bad input: a missing path, a corrupt file, an invalid option value (exit code 2)."""
+
+    exit_code = 2
+
+
+class ArtifactError(InputError):
+    """An artifact that is missing, corrupt, of the wrong kind or mismatched with its peers."""
+
+
+class RuntimeFailure(VipaminError):
+    """Something went wrong while running (NaN loss, disk full, device error): exit code 1."""
+
+    exit_code = 1
