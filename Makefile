@@ -1,0 +1,36 @@
+# Every target creates or refreshes the local virtualenv when needed, so a fresh clone needs
+# exactly `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+
+.PHONY: venv demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## demo: the whole pipeline on real handwritten digits with the built-in tiny backbone (offline)
+demo: $(STAMP)
+	$(BIN)/vipamin demo --out demo-out
+
+## test: the full test suite (CPU, a few minutes)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check vipamin_cli tests bench
+
+## bench: CPU benchmark (a GPU is used when present)
+bench: $(STAMP)
+	$(BIN)/python -m bench.run --out bench-results.json
+
+clean:
+	rm -rf demo-out bench-results.json .pytest_cache

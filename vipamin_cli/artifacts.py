@@ -1,0 +1,173 @@
+"""Artifacts: safetensors files whose metadata says what they are and where they came from.
+
+Every artifact carries, in the safetensors header under the key ``vipamin``, a JSON object with
+the schema version, the artifact kind, a digest of its tensors and the provenance that later
+commands compare (backbone identity, preprocessing, data fingerprint). Writes are atomic: a
+temporary file in the same directory, fsync, then rename, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import SCHEMA_VERSION, __version__
+from .errors import ArtifactError, InputError, RuntimeFailure
+
+if TYPE_CHECKING:
+    import torch
+
+META_KEY = "vipamin"
+KINDS = ("embeddings", "prompts", "checkpoint")
+
+
+@dataclass
+class Artifact:
+    path: Path
+    kind: str
+    meta: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """A content digest over names, dtypes, shapes and bytes of all tensors."""
+    import torch
+
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync and rename it into place."""
+    dest = Path(path)
+    parent = dest.parent if str(dest.parent) else Path(".")
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create output directory {parent}: {exc.strerror}",
+                             "choose a writable --out location") from None
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"output directory {parent} is not writable", "choose a writable --out location")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, dest)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        raise RuntimeFailure(f"cannot write {dest}: {exc.strerror or exc}",
+                             "free disk space or choose another --out location") from None
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def save_artifact(path: str | os.PathLike, tensors: dict[str, torch.Tensor], kind: str,
+                  meta: dict[str, Any]) -> Path:
+    """Write ``tensors`` with provenance ``meta`` atomically. No timestamps: same inputs, same bytes."""
+    from safetensors.torch import save_file
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown artifact kind {kind}")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    header = dict(meta)
+    header.update(schema_version=SCHEMA_VERSION, kind=kind, tool_version=__version__,
+                  digest=tensor_digest(tensors))
+    dest = Path(path)
+    with atomic_path(dest) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(header, sort_keys=True)})
+    return dest
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Read only the header: cheap, and enough for `info` and for matching cache entries."""
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    if not p.exists():
+        raise ArtifactError(f"artifact not found: {p}", "check the path (make it with `vipamin embed`/`init`/`tune`)")
+    if p.is_dir():
+        raise ArtifactError(f"{p} is a directory, not an artifact", "pass a .safetensors file")
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(META_KEY)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ArtifactError(f"{p} is not a readable safetensors file ({str(exc)[:120]})",
+                            "the file is truncated or of another format: re-create it") from None
+    if raw is None:
+        raise ArtifactError(f"{p} has no vipamin metadata (made by another tool?)",
+                            "pass a file written by vipamin embed/init/tune")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ArtifactError(f"{p} has corrupt vipamin metadata", "re-create the file") from None
+    version = meta.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ArtifactError(f"{p} has schema version {version}, newer than this vipamin understands ({SCHEMA_VERSION})",
+                            "upgrade vipamin (pip install -U vipamin)")
+    return meta
+
+
+def load_artifact(path: str | os.PathLike, kind: str | tuple[str, ...] | None = None, verify: bool = True,
+                  what: str = "artifact") -> Artifact:
+    """Load and check an artifact: its kind, its schema version and its tensor digest."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    meta = read_metadata(p)
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if kinds and meta.get("kind") not in kinds:
+        raise ArtifactError(f"{p} is a {meta.get('kind')} file, but {what} must be {' or '.join(kinds)}",
+                            f"pass a {kinds[0]} file")
+    try:
+        tensors = load_file(str(p))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ArtifactError(f"{p} is damaged ({str(exc)[:120]})", "re-create the file") from None
+    if verify and tensor_digest(tensors) != meta.get("digest"):
+        raise ArtifactError(f"{p} failed its integrity check (tensor digest differs from the recorded one)",
+                            "the file was modified or damaged: re-create it")
+    return Artifact(path=p, kind=meta["kind"], meta=meta, tensors=tensors)
+
+
+def describe_tensors(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Names, dtypes and shapes without loading the data."""
+    from safetensors import safe_open
+
+    out: dict[str, dict[str, Any]] = {}
+    with safe_open(str(path), framework="pt") as fh:
+        for name in fh.keys():  # noqa: SIM118 (safe_open is not a dict)
+            sl = fh.get_slice(name)
+            out[name] = {"dtype": sl.get_dtype(), "shape": list(sl.get_shape())}
+    return out
+
+
+def check_same_backbone(a: dict[str, Any], b: dict[str, Any], what_a: str, what_b: str) -> None:
+    """Refuse a pair of artifacts made with different backbones or weights."""
+    ia, ib = a.get("backbone", {}), b.get("backbone", {})
+    if ia.get("name") != ib.get("name") or ia.get("weights_fingerprint") != ib.get("weights_fingerprint"):
+        raise ArtifactError(
+            f"{what_a} was made with backbone '{ia.get('name')}' ({str(ia.get('weights_fingerprint'))[:8]}) but "
+            f"{what_b} with '{ib.get('name')}' ({str(ib.get('weights_fingerprint'))[:8]})",
+            "use artifacts made from the same backbone and weights")

@@ -1,0 +1,364 @@
+"""Backbone registry: short names -> timm architectures, pretrained tags and recipe defaults.
+
+Like timm's own registry, a backbone is built by name; one function (:func:`adapt_state_dict`)
+turns foreign checkpoints (MAE ``model``, MoCo-v3 ``state_dict`` with ``module.`` prefixes, plain
+safetensors) into the timm layout. torch and timm are imported lazily so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+POOLS = ("cls", "mean-all", "mean-patch")
+WEIGHTS_FIX = "pass --weights PATH to a local checkpoint (.safetensors, .pth or .pth.tar)"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything needed to build a backbone and to apply its paper recipe."""
+
+    name: str
+    arch: str  # timm architecture name
+    hub_tag: str | None  # timm pretrained tag (arch.tag) or None when no hub copy exists
+    family: str  # mae | moco-v3 | dino | dinov2 | supervised | test | timm
+    pool: str  # default head input, see POOLS
+    width: int
+    depth: int
+    heads: int
+    patch: int
+    img_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bicubic"
+    requires_weights: bool = False
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def source(self) -> str:
+        if self.family == "test":
+            return "built-in (seeded)"
+        if self.hub_tag is None:
+            return "local file (--weights)"
+        return f"hub: {self.hub_tag}"
+
+
+def _spec(name: str, arch: str, tag: str | None, family: str, pool: str, width: int, depth: int, heads: int,
+          patch: int, img_size: int = 224, **kw: Any) -> BackboneSpec:
+    return BackboneSpec(name=name, arch=arch, hub_tag=tag, family=family, pool=pool, width=width, depth=depth,
+                        heads=heads, patch=patch, img_size=img_size, **kw)
+
+
+_TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, qkv_bias=True)
+
+REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in [
+    _spec("mae-vit-b", "vit_base_patch16_224", "vit_base_patch16_224.mae", "mae", "mean-all", 768, 12, 12, 16,
+          description="MAE ViT-B/16 (He et al. 2022), ImageNet-1k self-supervised"),
+    _spec("mae-vit-l", "vit_large_patch16_224", "vit_large_patch16_224.mae", "mae", "mean-all", 1024, 24, 16, 16,
+          description="MAE ViT-L/16"),
+    _spec("mae-vit-h", "vit_huge_patch14_224", "vit_huge_patch14_224.mae", "mae", "mean-all", 1280, 32, 16, 14,
+          description="MAE ViT-H/14"),
+    _spec("moco-v3-vit-b", "vit_base_patch16_224", None, "moco-v3", "cls", 768, 12, 12, 16, requires_weights=True,
+          description="MoCo-v3 ViT-B/16 (no hub copy: linear-vit-b-300ep.pth.tar or the pretraining file)"),
+    _spec("dino-vit-b", "vit_base_patch16_224", "vit_base_patch16_224.dino", "dino", "cls", 768, 12, 12, 16,
+          description="DINO ViT-B/16"),
+    _spec("dino-vit-s", "vit_small_patch16_224", "vit_small_patch16_224.dino", "dino", "cls", 384, 12, 6, 16,
+          description="DINO ViT-S/16"),
+    _spec("dinov2-vit-b", "vit_base_patch14_dinov2", "vit_base_patch14_dinov2.lvd142m", "dinov2", "cls",
+          768, 12, 12, 14, model_kwargs={"img_size": 224},
+          description="DINOv2 ViT-B/14 at 224 px (position embedding resampled from 518)"),
+    _spec("dinov2-vit-b-reg", "vit_base_patch14_reg4_dinov2", "vit_base_patch14_reg4_dinov2.lvd142m", "dinov2",
+          "cls", 768, 12, 12, 14, model_kwargs={"img_size": 224},
+          description="DINOv2 ViT-B/14 with 4 register tokens, at 224 px"),
+    _spec("sup-vit-b-in21k", "vit_base_patch16_224", "vit_base_patch16_224.orig_in21k", "supervised", "cls",
+          768, 12, 12, 16, mean=INCEPTION_MEAN, std=INCEPTION_STD,
+          description="supervised ImageNet-21k ViT-B/16 (the VPT backbone)"),
+    _spec("vit-tiny-test", "vit_tiny_test", None, "test", "cls", 64, 4, 4, 8, img_size=32,
+          model_kwargs=dict(_TINY), description="tiny seeded ViT for tests and the offline demo"),
+    _spec("vit-tiny-reg-test", "vit_tiny_reg_test", None, "test", "cls", 64, 4, 4, 8, img_size=32,
+          model_kwargs=dict(_TINY, reg_tokens=2, no_embed_class=True),
+          description="tiny seeded ViT with 2 register tokens (DINOv2-reg layout)"),
+]}
+
+TINY_SEED = 0
+
+
+def list_backbones() -> list[BackboneSpec]:
+    return list(REGISTRY.values())
+
+
+def resolve_spec(name: str) -> BackboneSpec:
+    """Look a backbone up by short name, or describe any timm ViT given as ``timm:<name>``."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if name.startswith("timm:"):
+        return _timm_spec(name)
+    raise InputError(f"unknown backbone '{name}'",
+                     f"use one of {', '.join(REGISTRY)} or timm:<vit name> (see `vipamin backbones`)")
+
+
+def _timm_spec(name: str) -> BackboneSpec:
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    tag = name[len("timm:"):]
+    arch = tag.split(".")[0]
+    if not timm.is_model(arch):
+        raise InputError(f"unknown timm model '{tag}'", "check the name with timm.list_models('vit_*')")
+    model = timm.create_model(tag, pretrained=False, num_classes=0)
+    if not isinstance(model, VisionTransformer):
+        raise InputError(f"timm model '{tag}' is a {type(model).__name__}, not a VisionTransformer",
+                         "choose a plain ViT (timm.list_models('vit_*'))")
+    cfg = model.pretrained_cfg or {}
+    has_tag = bool(cfg.get("hf_hub_id") or cfg.get("url"))
+    return BackboneSpec(
+        name=name, arch=arch, hub_tag=tag if has_tag else None, family="timm",
+        pool="cls" if model.global_pool == "token" else "mean-patch",
+        width=model.embed_dim, depth=len(model.blocks), heads=model.blocks[0].attn.num_heads,
+        patch=model.patch_embed.patch_size[0], img_size=model.patch_embed.img_size[0],
+        mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)),
+        interpolation=cfg.get("interpolation", "bicubic"), description="timm model")
+
+
+@dataclass
+class Backbone:
+    """A built, frozen backbone and the identity that artifacts record."""
+
+    spec: BackboneSpec
+    model: VisionTransformer
+    weights_source: str  # "hub:<tag>", "file:<abs path>" or "seeded:<seed>"
+    fingerprint: str
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.model.num_prefix_tokens)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.model.patch_embed.grid_size)
+
+    @property
+    def num_patches(self) -> int:
+        g = self.grid
+        return g[0] * g[1]
+
+    @property
+    def img_size(self) -> int:
+        return int(self.model.patch_embed.img_size[0])
+
+    def identity(self) -> dict[str, Any]:
+        """What a later command compares to refuse mismatched artifacts."""
+        import timm
+
+        m = self.model
+        return {
+            "name": self.spec.name, "arch": self.spec.arch, "family": self.spec.family,
+            "weights_source": self.weights_source, "weights_fingerprint": self.fingerprint,
+            "width": int(m.embed_dim), "depth": len(m.blocks), "heads": int(m.blocks[0].attn.num_heads),
+            "patch": int(m.patch_embed.patch_size[0]), "img_size": self.img_size,
+            "num_prefix_tokens": self.num_prefix_tokens, "num_patches": self.num_patches,
+            "pool": self.spec.pool, "timm_version": timm.__version__,
+        }
+
+
+def _build_arch(spec: BackboneSpec, img_size: int | None) -> VisionTransformer:
+    import timm
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    kwargs = dict(spec.model_kwargs)
+    if img_size:
+        kwargs["img_size"] = img_size
+    if spec.family == "test":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TINY_SEED)
+            model = VisionTransformer(num_classes=0, **kwargs)
+        return model
+    kwargs.pop("pretrained", None)
+    return timm.create_model(spec.arch, pretrained=False, num_classes=0, **kwargs)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file without ever unpickling arbitrary objects."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"weights file not found: {p}", "check the --weights path")
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise InputError(f"cannot read weights file {p}: not a valid safetensors file ({exc})",
+                             "re-download or re-export the checkpoint") from None
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for non-checkpoints; all mean the same to the user
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise InputError(f"cannot read weights file {p}: not a PyTorch checkpoint ({reason})",
+                         "pass a .safetensors, .pth or .pth.tar state dict") from None
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not any(hasattr(v, "shape") for v in obj.values()):
+        raise InputError(f"weights file {p} holds no tensors", "pass a state dict checkpoint")
+    return {k: v for k, v in obj.items() if hasattr(v, "shape")}
+
+
+_PREFIXES = ("module.base_encoder.", "module.encoder.", "module.", "base_encoder.", "encoder.", "backbone.")
+_DROP = ("head.", "fc_norm.", "predictor.", "decoder", "mask_token", "module.predictor.", "module.momentum_encoder.",
+         "momentum_encoder.")
+
+
+def adapt_state_dict(state_dict: dict[str, torch.Tensor], model: VisionTransformer) -> dict[str, torch.Tensor]:
+    """Bring a foreign ViT checkpoint into the layout of ``model`` (a timm VisionTransformer).
+
+    Strips MoCo-v3 (``module.base_encoder.``), DDP (``module.``) and similar prefixes, drops
+    classifier / projector / decoder weights, then runs timm's own filter, which converts other
+    layouts and resamples position embeddings to the model's grid.
+    """
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    keys = list(state_dict)
+    for prefix in _PREFIXES:
+        if any(k.startswith(prefix + "blocks.") or k.startswith(prefix + "patch_embed.") for k in keys):
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            break
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(_DROP)}
+    return checkpoint_filter_fn(state_dict, model)
+
+
+def load_weights_file(model: VisionTransformer, path: str | os.PathLike, name: str) -> None:
+    """Load a local checkpoint into ``model``; refuse one made for another architecture."""
+    sd = adapt_state_dict(read_state_dict(path), model)
+    own = model.state_dict()
+    for k, v in sd.items():
+        if k in own and tuple(own[k].shape) != tuple(v.shape):
+            raise InputError(
+                f"weights file {path} does not fit backbone '{name}': {k} has shape {tuple(v.shape)}, "
+                f"expected {tuple(own[k].shape)}",
+                "pass the checkpoint of this architecture or pick the matching --backbone")
+    missing = [k for k in own if k not in sd]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise InputError(f"weights file {path} does not fit backbone '{name}': missing {shown}",
+                         "pass the checkpoint of this architecture or pick the matching --backbone")
+    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=True)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick probe, so that an offline machine fails in seconds rather than after long retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0].split(":")[0]
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_cached(spec: BackboneSpec) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from timm.models import get_pretrained_cfg
+    except ImportError:
+        return False
+    cfg = get_pretrained_cfg(spec.hub_tag)
+    if cfg is None or not cfg.hf_hub_id:
+        return False
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        hit = try_to_load_from_cache(cfg.hf_hub_id, filename)
+        if isinstance(hit, str):
+            return True
+    return False
+
+
+def _load_hub(spec: BackboneSpec, img_size: int | None) -> VisionTransformer:
+    import timm
+
+    cached = _hub_cached(spec)
+    if not cached and not _hub_reachable():
+        raise InputError(f"cannot download weights for backbone '{spec.name}' ({spec.hub_tag}): no network",
+                         WEIGHTS_FIX)
+    kwargs = dict(spec.model_kwargs)
+    if img_size:
+        kwargs["img_size"] = img_size
+    prev = os.environ.get("HF_HUB_OFFLINE")
+    if cached:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        return timm.create_model(spec.hub_tag, pretrained=True, num_classes=0, **kwargs)
+    except Exception as exc:
+        raise InputError(f"cannot load weights for backbone '{spec.name}' ({spec.hub_tag}): "
+                         f"{str(exc).splitlines()[0][:200]}", WEIGHTS_FIX) from None
+    finally:
+        if cached:
+            if prev is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = prev
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A digest of every parameter and buffer, so any changed weight changes the cache key."""
+    h = hashlib.blake2b(digest_size=16)
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().to("cpu").contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(__import__("torch").uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_backbone(name: str, weights: str | os.PathLike | None = None, img_size: int | None = None) -> Backbone:
+    """Build ``name`` frozen and in eval mode, with hub, local-file or seeded weights."""
+    spec = resolve_spec(name)
+    if weights is not None:
+        model = _build_arch(spec, img_size)
+        load_weights_file(model, weights, spec.name)
+        source = f"file:{Path(weights).resolve()}"
+    elif spec.family == "test":
+        model = _build_arch(spec, img_size)
+        source = f"seeded:{TINY_SEED}"
+    elif spec.hub_tag is None:
+        raise InputError(f"backbone '{spec.name}' has no hub copy and needs local weights", WEIGHTS_FIX)
+    else:
+        model = _load_hub(spec, img_size)
+        source = f"hub:{spec.hub_tag}"
+    model.eval()
+    model.requires_grad_(False)
+    return Backbone(spec=spec, model=model, weights_source=source, fingerprint=weights_fingerprint(model))
+
+
+def load_backbone_from_identity(identity: dict[str, Any]) -> Backbone:
+    """Rebuild the backbone an artifact was made with, and check it is bit-for-bit the same."""
+    source = identity.get("weights_source", "")
+    weights = source[len("file:"):] if source.startswith("file:") else None
+    backbone = load_backbone(identity["name"], weights=weights, img_size=identity.get("img_size"))
+    if backbone.fingerprint != identity.get("weights_fingerprint"):
+        raise InputError(f"the weights of backbone '{identity['name']}' ({source}) changed since the artifact was made",
+                         "re-run `vipamin embed` with the current weights")
+    return backbone

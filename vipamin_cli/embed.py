@@ -1,0 +1,278 @@
+"""`embed`: one frozen pass that caches block-0 tokens and the calibration statistics `init` needs.
+
+Every image only goes through the patch embedding (the cached ``tokens`` are the block-0 input,
+which is all that prompt tuning needs as input). Only the calibration subset (``calib_size``
+images, seeded) goes through all blocks, to record per block b: the mean block input, the mean
+head-averaged key, the mean attention output before the output projection, and a seeded sample
+of the block's input patch tokens for prototype (SPT) initialisation.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import SCHEMA_VERSION
+from .artifacts import atomic_path, read_metadata, save_artifact
+from .cache import cache_root, content_key, embeddings_path
+from .errors import ArtifactError, InputError
+from .ui import info, progress_bar
+
+if TYPE_CHECKING:
+    import torch
+
+    from .backbones import Backbone
+    from .data import ImageSet
+
+DTYPES = ("bfloat16", "float32")
+
+
+@dataclass
+class EmbedConfig:
+    """Options of the forward pass; all but ``batch_size``/``device``/``workers`` enter the cache key."""
+
+    resize: str = "auto"
+    dtype: str = "bfloat16"
+    calib_size: int = 256
+    sample_images: int = 32
+    seed: int = 0
+    batch_size: int = 64
+    device: str = "auto"
+    workers: int | None = None
+
+
+@dataclass
+class EmbedResult:
+    path: Path
+    from_cache: bool
+    meta: dict[str, Any]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU is a clear input error."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda: no CUDA GPU is available on this machine",
+                             "use --device cpu or --device auto")
+        return torch.device(device)
+    if device == "cpu":
+        return torch.device("cpu")
+    raise InputError(f"unknown --device '{device}'", "use auto, cpu or cuda")
+
+
+def block0_tokens(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The input of block 0: patch embedding, prefix tokens + position embedding, ``norm_pre``."""
+    x = model.patch_embed(images)
+    x = model._pos_embed(x)
+    x = model.patch_drop(x)
+    return model.norm_pre(x)
+
+
+class CalibrationRecorder:
+    """Runs the blocks on calibration images and accumulates per-block statistics in float32."""
+
+    def __init__(self, model: torch.nn.Module, sample_dtype: torch.dtype) -> None:
+        self.model = model
+        self.blocks = list(model.blocks)
+        self.prefix = int(model.num_prefix_tokens)
+        self.sample_dtype = sample_dtype
+        depth = len(self.blocks)
+        self.count = 0
+        self.input_sum: list[torch.Tensor | None] = [None] * depth
+        self.key_sum: list[torch.Tensor | None] = [None] * depth
+        self.attn_sum: list[torch.Tensor | None] = [None] * depth
+        self.samples: list[list[torch.Tensor]] = [[] for _ in range(depth)]
+        for blk in self.blocks:
+            attn = blk.attn
+            if not hasattr(attn, "qkv") or not hasattr(attn, "proj"):
+                raise InputError(f"unsupported attention module {type(attn).__name__}",
+                                 "use a timm VisionTransformer with fused qkv attention")
+
+    @staticmethod
+    def _add(acc: list[torch.Tensor | None], b: int, value: torch.Tensor) -> None:
+        value = value.float().sum(0)
+        acc[b] = value if acc[b] is None else acc[b] + value
+
+    def run(self, x: torch.Tensor, sample_mask: torch.Tensor) -> None:
+        """Forward calibration tokens ``x`` (B, T, D) through every block, recording statistics."""
+        hooks = []
+        current = {"b": 0}
+
+        def on_qkv(module: torch.nn.Module, args: Any, out: torch.Tensor) -> None:
+            blk = self.blocks[current["b"]]
+            bsz, tokens, _ = out.shape
+            qkv = out.reshape(bsz, tokens, 3, blk.attn.num_heads, blk.attn.head_dim)
+            keys = blk.attn.k_norm(qkv[:, :, 1])  # (B, T, H, dh)
+            self._add(self.key_sum, current["b"], keys.float().mean(2))
+
+        def on_proj(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            self._add(self.attn_sum, current["b"], args[0])
+
+        for blk in self.blocks:
+            hooks.append(blk.attn.qkv.register_forward_hook(on_qkv))
+            hooks.append(blk.attn.proj.register_forward_pre_hook(on_proj))
+        try:
+            for b, blk in enumerate(self.blocks):
+                current["b"] = b
+                self._add(self.input_sum, b, x)
+                if bool(sample_mask.any()):
+                    self.samples[b].append(x[sample_mask, self.prefix:].to("cpu", self.sample_dtype))
+                x = blk(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        self.count += x.shape[0]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        import torch
+
+        def stack(acc: list[torch.Tensor | None]) -> torch.Tensor:
+            return torch.stack([a / self.count for a in acc]).cpu()
+
+        out = {
+            "calib.block_input_mean": stack(self.input_sum),
+            "calib.key_mean": stack(self.key_sum),
+            "calib.attn_out_mean": stack(self.attn_sum),
+        }
+        if self.samples[0]:
+            out["calib.token_sample"] = torch.stack([torch.cat(s) for s in self.samples])
+        return out
+
+
+def embeddings_key(backbone: Backbone, image_set: ImageSet, preprocessing: dict[str, Any],
+                   config: EmbedConfig) -> str:
+    return content_key({
+        "schema": SCHEMA_VERSION, "artifact": "embeddings",
+        "backbone": [backbone.spec.name, backbone.fingerprint, backbone.img_size],
+        "data": image_set.fingerprint(), "preprocessing": preprocessing,
+        "dtype": config.dtype, "calib_size": config.calib_size, "sample_images": config.sample_images,
+        "seed": config.seed,
+    })
+
+
+def compute_embeddings(backbone: Backbone, image_set: ImageSet, config: EmbedConfig, preprocessing: dict[str, Any],
+                       show_progress: bool = True) -> dict[str, torch.Tensor]:
+    """The forward pass itself: block-0 tokens for all images, statistics for the calibration subset."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from .data import TorchImages, make_transform
+
+    device = resolve_device(config.device)
+    dtype = getattr(torch, config.dtype)
+    n = len(image_set)
+    gen = torch.Generator().manual_seed(config.seed)
+    calib_index = torch.randperm(n, generator=gen)[: min(config.calib_size, n)].sort().values
+    sample_index = calib_index[torch.randperm(len(calib_index), generator=gen)[: config.sample_images]].sort().values
+    is_calib = torch.zeros(n, dtype=torch.bool)
+    is_calib[calib_index] = True
+    is_sample = torch.zeros(n, dtype=torch.bool)
+    is_sample[sample_index] = True
+
+    transform = make_transform(preprocessing["resize"], preprocessing["img_size"], tuple(preprocessing["mean"]),
+                               tuple(preprocessing["std"]), preprocessing["interpolation"])
+    workers = config.workers
+    if workers is None:
+        workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+    loader = DataLoader(TorchImages(image_set, transform), batch_size=config.batch_size, shuffle=False,
+                        num_workers=workers, pin_memory=device.type == "cuda")
+    model = backbone.model.to(device)
+    recorder = CalibrationRecorder(model, dtype)
+    tokens = None
+    labels = torch.empty(n, dtype=torch.long)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
+        "cpu", enabled=False)
+    with torch.inference_mode(), autocast, progress_bar(f"embed {image_set.split}", n, show_progress) as bar:
+        for images, batch_labels, index in loader:
+            images = images.to(device, non_blocking=True)
+            x = block0_tokens(model, images)
+            if tokens is None:
+                tokens = torch.empty((n, *x.shape[1:]), dtype=dtype)
+            tokens[index] = x.to("cpu", dtype)
+            labels[index] = batch_labels.long()
+            mask = is_calib[index]
+            if bool(mask.any()):
+                recorder.run(x[mask.to(device)], is_sample[index][mask].to(device))
+            bar.advance(len(index))
+    backbone.model.to("cpu")
+    out = {"tokens": tokens, "labels": labels, "calib.index": calib_index, "calib.sample_index": sample_index}
+    out.update(recorder.tensors())
+    return out
+
+
+def embed_dataset(backbone: Backbone, image_set: ImageSet, config: EmbedConfig | None = None,
+                  out: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                  use_cache: bool = True, show_progress: bool = True) -> EmbedResult:
+    """Return embeddings for ``image_set``: from the cache when an entry matches, else computed once."""
+    from .data import preprocessing_info, resolve_resize
+
+    config = config or EmbedConfig()
+    if config.dtype not in DTYPES:
+        raise InputError(f"unknown --dtype '{config.dtype}'", f"use one of {', '.join(DTYPES)}")
+    if config.calib_size < 1:
+        raise InputError(f"--calib-size must be at least 1, got {config.calib_size}", "pass e.g. --calib-size 256")
+    if config.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {config.batch_size}", "pass e.g. --batch-size 64")
+    resize = resolve_resize(config.resize, image_set)
+    spec = backbone.spec
+    preprocessing = preprocessing_info(resize, backbone.img_size, spec.mean, spec.std, spec.interpolation)
+    key = embeddings_key(backbone, image_set, preprocessing, config)
+    cached = embeddings_path(cache_root(cache_dir), key) if use_cache else None
+
+    if cached is not None and cached.exists():
+        try:
+            meta = read_metadata(cached)
+        except ArtifactError:
+            meta = {}
+        if meta.get("cache_key") == key:
+            info(f"[green]cache hit[/] embeddings {cached}")
+            dest = cached
+            if out is not None:
+                dest = Path(out)
+                with atomic_path(dest) as tmp:
+                    shutil.copyfile(cached, tmp)
+            return EmbedResult(path=dest, from_cache=True, meta=meta)
+
+    tensors = compute_embeddings(backbone, image_set, config, preprocessing, show_progress)
+    meta = {
+        "backbone": backbone.identity(),
+        "preprocessing": preprocessing,
+        "data": image_set.describe(),
+        "samples": [s.key for s in image_set.samples],
+        "calibration": {"size": int(tensors["calib.index"].numel()),
+                        "sample_images": int(tensors["calib.sample_index"].numel()), "seed": config.seed},
+        "config": {k: v for k, v in asdict(config).items() if k not in ("device", "workers", "batch_size")},
+        "tokens_dtype": config.dtype,
+        "cache_key": key,
+    }
+    dest = Path(out) if out is not None else cached
+    if dest is None:
+        raise InputError("nowhere to write the embeddings", "pass --out FILE or enable the cache")
+    save_artifact(dest, tensors, "embeddings", meta)
+    if cached is not None and dest != cached:
+        with atomic_path(cached) as tmp:
+            shutil.copyfile(dest, tmp)
+    return EmbedResult(path=dest, from_cache=False, meta=read_metadata(dest))
+
+
+def embed_data(backbone: str, data: str, weights: str | None = None, split: str | None = None,
+               shots: int | None = None, config: EmbedConfig | None = None, out: str | os.PathLike | None = None,
+               cache_dir: str | os.PathLike | None = None, use_cache: bool = True, image_column: str = "image",
+               label_column: str = "label", show_progress: bool = True) -> EmbedResult:
+    """The library form of `vipamin embed`: names in, an embeddings file out (cached)."""
+    from .backbones import load_backbone
+    from .data import open_dataset
+
+    config = config or EmbedConfig()
+    image_set = open_dataset(data, split=split, shots=shots, seed=config.seed, image_column=image_column,
+                             label_column=label_column)
+    model = load_backbone(backbone, weights=weights)
+    return embed_dataset(model, image_set, config, out=out, cache_dir=cache_dir, use_cache=use_cache,
+                         show_progress=show_progress)
