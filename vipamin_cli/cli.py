@@ -176,9 +176,40 @@ def backbones(
     out_console().print(table)
 
 
-def main() -> None:
-    app()
+@app.command(epilog="Example: vipamin demo --out demo-out")
+@handle_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the exported data and all artifacts.")]
+    = Path("demo-out"),
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Run the pipeline offline on real handwritten digits (from scikit-learn) with the built-in tiny ViT."""
+    from .demo import run_demo
+
+    run_demo(out, device=device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: usage errors (unknown option, bad value) become one line too."""
+    try:  # typer >= 0.17 vendors click; older versions use click itself
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover
+        from click import exceptions as cx
+
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except cx.UsageError as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        message = " ".join(exc.format_message().split())
+        sys.stderr.write(f"error: {message}{where}\n")
+        return 2
+    except cx.Abort:
+        sys.stderr.write("error: aborted\n")
+        return 130
+    except (cx.Exit, typer.Exit) as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -50,3 +50,21 @@ def export_digits(dest: str | os.PathLike, seed: int = 0, fractions: tuple[float
                 Image.fromarray(pixels).save(folder / f"digit_{i:04d}.png")
     marker.write_text("ok\n")
     return root
+
+
+def run_demo(out_dir: str | os.PathLike = "demo-out", device: str = "auto") -> dict[str, Path]:
+    """Export the digits and embed every split with the tiny backbone; returns the embeddings paths."""
+    from .embed import EmbedConfig, embed_data
+    from .summary import artifact_summary, render_summary
+    from .ui import info
+
+    out = Path(out_dir)
+    data = export_digits(out / "digits")
+    info(f"[bold]demo[/]: real handwritten digits (scikit-learn) exported to {data}")
+    paths: dict[str, Path] = {}
+    for split in ("train", "val", "test"):
+        result = embed_data(DEMO_BACKBONE, str(data), split=split, config=EmbedConfig(device=device),
+                            out=out / f"embeddings-{split}.safetensors", cache_dir=out / "cache")
+        paths[split] = result.path
+    render_summary(artifact_summary(paths["train"]))
+    return paths

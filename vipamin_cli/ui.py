@@ -17,7 +17,10 @@ def err_console() -> Console:
 
 
 def out_console() -> Console:
-    return Console(soft_wrap=True)
+    """stdout; wide when piped so tables do not wrap inside logs."""
+    import sys
+
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
 def quiet() -> bool:
