@@ -133,6 +133,94 @@ def embed(
     typer.echo(str(result.path))
 
 
+@app.command(epilog="Example: vipamin init --method vipamin --backbone mae-vit-b --data ./flowers --k 8 --lambda 0.5")
+@handle_errors
+def init(
+    method: Annotated[str, typer.Option("--method", "-m", help="vipamin | spt | random (VPT's uniform init).")]
+    = "vipamin",
+    embeddings: Annotated[Path | None, typer.Option("--embeddings", "-e", help="Embeddings file from `vipamin "
+                                                    "embed` (instead of --backbone/--data).")] = None,
+    backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="Backbone name; with --data, the "
+                                                 "cached embeddings are found or made.")] = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Data source (see `vipamin embed --help`).")]
+    = None,
+    split: SplitOpt = None,
+    weights: WeightsOpt = None,
+    shots: ShotsOpt = None,
+    data_seed: Annotated[int, typer.Option("--data-seed", help="Seed of the few-shot draw and calibration "
+                                           "subset (embed's --seed).")] = 0,
+    calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images when embedding.")] = 256,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Prompts file (default prompts-<method>"
+                                             "[-deep].safetensors).")] = None,
+    deep: Annotated[bool, typer.Option("--deep", help="One prompt set per block (deep VPT).")] = False,
+    prompt_length: Annotated[int | None, typer.Option("--prompt-length", "-p", help="Prompts per block "
+                                                      "(default 100 shallow, 20 deep).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every random draw of the method.")] = 0,
+    k: Annotated[int, typer.Option("--k", help="VIPAMIN: patch positions averaged per prompt.")] = 8,
+    lam: Annotated[float, typer.Option("--lambda", help="VIPAMIN: weight of the orthogonal part, in [0, 1].")]
+    = 0.5,
+    orth: Annotated[str, typer.Option("--orth", help="VIPAMIN: exact (solve x W_V^T + b_V = v_perp) | reference "
+                                      "(the authors' pinv(W_V) formula).")] = "exact",
+    orth_energy: Annotated[float, typer.Option("--orth-energy", help="VIPAMIN: spectral energy kept when the "
+                                               "attention-output span fills the whole space.")] = 0.99,
+    orth_rank: Annotated[int | None, typer.Option("--orth-rank", help="VIPAMIN: force a truncated span basis "
+                                                  "of this rank.")] = None,
+    sample: Annotated[str, typer.Option("--sample", help="SPT: random | mean | max | kmeans.")] = "kmeans",
+    token_budget: Annotated[int, typer.Option("--token-budget", help="SPT k-means: tokens sampled at most.")]
+    = 200_000,
+    kmeans_iters: Annotated[int, typer.Option("--kmeans-iters", help="SPT k-means: Lloyd steps at most.")] = 100,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    cache_dir: CacheOpt = None,
+    explain_it: Annotated[bool, typer.Option("--explain", help="Also print why (and draw the VIPAMIN heat "
+                                             "map beside the prompts file).")] = False,
+) -> None:
+    """Initialise prompts (VIPAMIN, SPT prototypes or VPT random) from cached calibration statistics.
+
+    Given --backbone/--data, the matching embeddings are found in the cache (or embedded first).
+    Prints the path of the prompts file on stdout.
+    """
+    from .embed import EmbedConfig
+    from .inits import InitConfig, init_prompts
+
+    config = InitConfig(method=method, prompt_length=prompt_length, deep=deep, seed=seed, k=k, lam=lam, orth=orth,
+                        orth_energy=orth_energy, orth_rank=orth_rank, sample=sample, token_budget=token_budget,
+                        kmeans_iters=kmeans_iters, device=device)
+    embed_config = EmbedConfig(seed=data_seed, calib_size=calib_size, device=device)
+    outcome = init_prompts(config, embeddings=embeddings, backbone=backbone, data=data, weights=weights,
+                           split=split, shots=shots, embed_config=embed_config, out=out, cache_dir=cache_dir)
+    typer.echo(str(outcome.path))
+    if explain_it:
+        from .explain import explain as explain_prompts
+        from .explain import render_explanation
+        from .ui import info
+
+        for line in render_explanation(explain_prompts(outcome.path)):
+            info(line)
+
+
+@app.command(epilog="Example: vipamin explain prompts-vipamin.safetensors --png matches.png")
+@handle_errors
+def explain(
+    prompts: Annotated[Path, typer.Argument(help="A prompts file from `vipamin init`.")],
+    png: Annotated[Path | None, typer.Option("--png", help="Heat map path (default <prompts>.matches.png).")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Explain an initialisation: where VIPAMIN's prompts matched on the patch grid, how spread the
+    matches are, and how far the orthogonal part lies from the pretrained span."""
+    from .explain import check_png_path, render_explanation
+    from .explain import explain as explain_prompts
+
+    if png is not None:
+        check_png_path(png)
+    summary = explain_prompts(prompts, png)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        for line in render_explanation(summary):
+            typer.echo(line)
+
+
 @app.command(epilog="Example: vipamin info embeddings.safetensors --json")
 @handle_errors
 def info(

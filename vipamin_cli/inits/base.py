@@ -1,0 +1,97 @@
+"""The interface every prompt-initialisation method implements, and what they share.
+
+A method initialises the P prompts entering one block from the cached calibration statistics
+(no second pass over the images). Shallow prompting calls it for block 0, deep prompting for
+every block, and the driver stacks the results; the seeded generator is consumed in block order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import torch
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
+
+
+@dataclass
+class InitConfig:
+    """Every hyperparameter of every method; each method reads its own and all are recorded."""
+
+    method: str = "vipamin"
+    prompt_length: int | None = None  # default: 100 shallow, 20 deep
+    deep: bool = False
+    seed: int = 0
+    # VIPAMIN
+    k: int = 8
+    lam: float = 0.5
+    orth: str = "exact"  # exact | reference
+    orth_energy: float = 0.99  # used when the attention-output span fills the whole space
+    orth_rank: int | None = None  # force a truncated basis of this rank
+    # SPT
+    sample: str = "kmeans"  # random | mean | max | kmeans
+    token_budget: int = 200_000
+    kmeans_iters: int = 100
+    device: str = "auto"
+
+    @property
+    def num_prompts(self) -> int:
+        if self.prompt_length is not None:
+            return self.prompt_length
+        return 20 if self.deep else 100
+
+
+@dataclass
+class InitContext:
+    """What a method may read: the frozen backbone and the cached embeddings."""
+
+    vit: VisionTransformer
+    tokens: torch.Tensor  # (images, prefix + N, D): block-0 input of every cached image
+    stats: dict[str, torch.Tensor]  # the calib.* tensors of the embeddings file
+    num_prefix: int
+    patch: int
+    device: torch.device
+
+    @property
+    def dim(self) -> int:
+        return int(self.vit.embed_dim)
+
+    @property
+    def num_patches(self) -> int:
+        return int(self.tokens.shape[1]) - self.num_prefix
+
+    def patch_tokens(self, block: int) -> torch.Tensor:
+        """Patch tokens entering ``block`` (images, N, D): all cached images for block 0, the
+        calibration sample for later blocks."""
+        if block == 0:
+            return self.tokens[:, self.num_prefix:]
+        return self.stats["calib.token_sample"][block]
+
+
+@dataclass
+class BlockInit:
+    prompts: torch.Tensor  # (P, D) float32
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # tensors kept for inspection
+    info: dict[str, Any] = field(default_factory=dict)  # JSON-able notes (e.g. the rank used)
+
+
+class InitMethod(Protocol):
+    name: ClassVar[str]
+
+    def validate(self, config: InitConfig, ctx: InitContext) -> None: ...
+
+    def init_block(self, ctx: InitContext, block: int, config: InitConfig,
+                   generator: torch.Generator) -> BlockInit: ...
+
+
+def vpt_bound(patch: int, dim: int) -> float:
+    """VPT's xavier-uniform bound for prompts: sqrt(6 / (3 * patch^2 + D))."""
+    return math.sqrt(6.0 / float(3 * patch * patch + dim))
+
+
+def uniform_prompts(num: int, dim: int, patch: int, generator: torch.Generator) -> torch.Tensor:
+    v = vpt_bound(patch, dim)
+    return torch.empty(num, dim, dtype=torch.float32).uniform_(-v, v, generator=generator)
