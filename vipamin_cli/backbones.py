@@ -185,13 +185,11 @@ def _build_arch(spec: BackboneSpec, img_size: int | None) -> VisionTransformer:
     kwargs = dict(spec.model_kwargs)
     if img_size:
         kwargs["img_size"] = img_size
-    if spec.family == "test":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(TINY_SEED)
-            model = VisionTransformer(num_classes=0, **kwargs)
-        return model
-    kwargs.pop("pretrained", None)
-    return timm.create_model(spec.arch, pretrained=False, num_classes=0, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        if spec.arch.endswith("_test"):
+            return VisionTransformer(num_classes=0, **kwargs)
+        return timm.create_model(spec.arch, pretrained=False, num_classes=0, **kwargs)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -336,7 +334,10 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 def load_backbone(name: str, weights: str | os.PathLike | None = None, img_size: int | None = None) -> Backbone:
     """Build ``name`` frozen and in eval mode, with hub, local-file or seeded weights."""
     spec = resolve_spec(name)
-    if weights is not None:
+    if weights is not None and str(weights) == "random":  # seeded random weights: timing and tests only
+        model = _build_arch(spec, img_size)
+        source = f"seeded:{TINY_SEED}"
+    elif weights is not None:
         model = _build_arch(spec, img_size)
         load_weights_file(model, weights, spec.name)
         source = f"file:{Path(weights).resolve()}"
@@ -357,6 +358,8 @@ def load_backbone_from_identity(identity: dict[str, Any]) -> Backbone:
     """Rebuild the backbone an artifact was made with, and check it is bit-for-bit the same."""
     source = identity.get("weights_source", "")
     weights = source[len("file:"):] if source.startswith("file:") else None
+    if source.startswith("seeded:") and identity.get("family") != "test":
+        weights = "random"
     backbone = load_backbone(identity["name"], weights=weights, img_size=identity.get("img_size"))
     if backbone.fingerprint != identity.get("weights_fingerprint"):
         raise InputError(f"the weights of backbone '{identity['name']}' ({source}) changed since the artifact was made",

@@ -78,7 +78,8 @@ def main_options(
 BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="Backbone name (see `vipamin backbones`) "
                                           "or timm:<vit name>.")]
 WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Local checkpoint (.safetensors, .pth, .pth.tar) "
-                                                "instead of hub weights.")]
+                                                "instead of hub weights; 'random' = seeded random weights "
+                                                "(for timing only).")]
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="Image folder (class subfolders, optionally train/val/"
                                       "test), VTAB-1k list-file folder, FGVC json-split folder, or hf:<owner>/<name>.")]
 SplitOpt = Annotated[str | None, typer.Option("--split", help="Split to read: train/val/test, train800/val200/"
