@@ -40,7 +40,8 @@ def run_init(ctx: InitContext, config: InitConfig) -> tuple[dict[str, torch.Tens
     method.validate(config, ctx)
     generator = torch.Generator().manual_seed(config.seed)
     blocks = range(len(ctx.vit.blocks)) if config.deep else [0]
-    results = [method.init_block(ctx, b, config, generator) for b in blocks]
+    with torch.no_grad():
+        results = [method.init_block(ctx, b, config, generator) for b in blocks]
 
     def combine(items: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(items) if config.deep else items[0]

@@ -1,0 +1,246 @@
+"""Init methods checked against independent computations; reproducibility; shapes; bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from vipamin_cli.artifacts import load_artifact
+from vipamin_cli.embed import CalibrationRecorder, EmbedConfig, block0_tokens, embed_data
+from vipamin_cli.inits import InitConfig, InitContext, init_prompts, run_init
+from vipamin_cli.inits.spt import kmeans, window_bounds
+from vipamin_cli.prompted import PromptedViT
+
+
+@pytest.fixture(scope="module")
+def embeddings(digits_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("emb") / "emb.safetensors"
+    embed_data("vit-tiny-test", str(digits_dir), split="train", out=out, use_cache=False,
+               config=EmbedConfig(dtype="float32", calib_size=64, sample_images=16))
+    return out
+
+
+def _init(embeddings, tmp_path, name="p.safetensors", **kw):
+    return init_prompts(InitConfig(**kw), embeddings=embeddings, out=tmp_path / name)
+
+
+def _manual_keys(blk, x: torch.Tensor) -> torch.Tensor:
+    d = x.shape[-1]
+    h = torch.nn.functional.layer_norm(x, (d,), blk.norm1.weight, blk.norm1.bias, blk.norm1.eps)
+    k = h @ blk.attn.qkv.weight[d:2 * d].T + blk.attn.qkv.bias[d:2 * d]
+    return k.reshape(x.shape[0], blk.attn.num_heads, -1).mean(1)
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_vipamin_matching_against_direct_computation(embeddings, tmp_path, deep) -> None:
+    from vipamin_cli.backbones import load_backbone
+
+    res = _init(embeddings, tmp_path, method="vipamin", k=3, lam=0.0, deep=deep, prompt_length=6)
+    emb = load_artifact(embeddings)
+    vit = load_backbone("vit-tiny-test").model
+    query = res.tensors["vipamin.query_prompts"]
+    blocks = range(4) if deep else [0]
+    for b in blocks:
+        q = query[b] if deep else query
+        with torch.no_grad():
+            qk = _manual_keys(vit.blocks[b], q)
+        pk = emb["calib.key_mean"][b, 1:]
+        sim = torch.nn.functional.cosine_similarity(qk[:, None, :], pk[None, :, :], dim=-1)
+        xbar = emb["calib.block_input_mean"][b]
+        got = res.tensors["prompts"][b] if deep else res.tensors["prompts"]
+        for i in range(6):
+            best = sorted(range(16), key=lambda j: -float(sim[i, j]))[:3]
+            expected = xbar[[1 + j for j in best]].mean(0)
+            torch.testing.assert_close(got[i], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_lambda_endpoints_and_mix(embeddings, tmp_path) -> None:
+    zero = _init(embeddings, tmp_path, "a.safetensors", method="vipamin", lam=0.0, prompt_length=5).tensors
+    one = _init(embeddings, tmp_path, "b.safetensors", method="vipamin", lam=1.0, prompt_length=5).tensors
+    half = _init(embeddings, tmp_path, "c.safetensors", method="vipamin", lam=0.5, prompt_length=5).tensors
+    torch.testing.assert_close(zero["prompts"], zero["vipamin.match_part"], rtol=0, atol=0)
+    torch.testing.assert_close(one["prompts"], one["vipamin.orth_part"], rtol=0, atol=0)
+    torch.testing.assert_close(half["prompts"], 0.5 * half["vipamin.match_part"] + 0.5 * half["vipamin.orth_part"])
+
+
+def _span_residual(values: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+    q, _ = torch.linalg.qr(attn_out.double().T, mode="reduced")  # independent basis: QR, not SVD
+    return (values @ q).norm(dim=1) / values.norm(dim=1)
+
+
+def test_exact_orthogonal_part_lies_in_the_complement(embeddings, tmp_path) -> None:
+    from vipamin_cli.backbones import load_backbone
+
+    res = _init(embeddings, tmp_path, method="vipamin", lam=1.0, prompt_length=8)
+    vit = load_backbone("vit-tiny-test").model
+    w = vit.blocks[0].attn.qkv.weight[128:].double()
+    bias = vit.blocks[0].attn.qkv.bias[128:].double()
+    values = res.tensors["vipamin.orth_part"].double() @ w.T + bias
+    o = load_artifact(embeddings)["calib.attn_out_mean"][0]
+    assert o.shape == (17, 64)  # 1 + N < D: the complement is 47-dimensional
+    assert float(_span_residual(values, o).max()) < 1e-4
+    random_values = res.tensors["vipamin.orth_random"].double() @ w.T + bias
+    assert float(_span_residual(random_values, o).min()) > 0.1  # a random token is far from orthogonal
+    assert res.meta["info"]["rank_used"] == 17 and not res.meta["info"]["truncated"]
+
+
+def test_reference_formula_reproduces_itself(embeddings, tmp_path) -> None:
+    from vipamin_cli.backbones import load_backbone
+
+    res = _init(embeddings, tmp_path, method="vipamin", lam=1.0, prompt_length=4, orth="reference")
+    vit = load_backbone("vit-tiny-test").model
+    w = vit.blocks[0].attn.qkv.weight[128:].double()
+    bias = vit.blocks[0].attn.qkv.bias[128:].double()
+    o = load_artifact(embeddings)["calib.attn_out_mean"][0].double()
+    q, _ = torch.linalg.qr(o.T, mode="reduced")
+    proj = torch.eye(64, dtype=torch.float64) - q @ q.T
+    r = res.tensors["vipamin.orth_random"].double()
+    expected = ((r @ w.T + bias) @ proj.T - bias) @ torch.linalg.pinv(w)
+    torch.testing.assert_close(res.tensors["prompts"].double(), expected, rtol=1e-5, atol=1e-5)
+    exact = _init(embeddings, tmp_path, "e.safetensors", method="vipamin", lam=1.0, prompt_length=4)
+    assert not torch.allclose(exact.tensors["prompts"], res.tensors["prompts"], atol=1e-3)
+
+
+def test_full_span_falls_back_to_truncated_basis() -> None:
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=0).eval()
+    ctx = _synthetic_context(vit, 1)
+    tensors, info = run_init(ctx, InitConfig(method="vipamin", prompt_length=4, k=2, orth_energy=0.9))
+    assert info["truncated"] and info["span_rank"] == 16 and 1 <= info["rank_used"] < 16
+    _, forced = run_init(ctx, InitConfig(method="vipamin", prompt_length=4, k=2, orth_rank=3))
+    assert forced["rank_used"] == 3 and forced["truncated"]
+
+
+def test_kmeans_recovers_planted_clusters() -> None:
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(5, 8, generator=gen) * 10
+    labels = torch.arange(5).repeat_interleave(60)
+    points = centres[labels] + 0.1 * torch.randn(300, 8, generator=gen)
+    found, sizes = kmeans(points, 5, 50, torch.Generator().manual_seed(1))
+    dist = torch.cdist(found, centres)
+    assert sorted(dist.argmin(1).tolist()) == [0, 1, 2, 3, 4]
+    assert float(dist.min(1).values.max()) < 0.1
+    assert sorted(sizes.tolist()) == [60] * 5
+
+
+def test_spt_random_draws_only_real_tokens(embeddings, tmp_path) -> None:
+    res = _init(embeddings, tmp_path, method="spt", sample="random", prompt_length=12)
+    tokens = load_artifact(embeddings)["tokens"][:, 1:]
+    ids = res.tensors["spt.token_index"]
+    torch.testing.assert_close(res.tensors["prompts"], tokens[ids[:, 0], ids[:, 1]], rtol=0, atol=0)
+    assert len({tuple(i) for i in ids.tolist()}) == 12  # without replacement
+
+
+@pytest.mark.parametrize("how", ["mean", "max"])
+def test_spt_window_pooling_matches_direct_computation(embeddings, tmp_path, how) -> None:
+    res = _init(embeddings, tmp_path, method="spt", sample=how, prompt_length=6)
+    tokens = load_artifact(embeddings)["tokens"][:, 1:]
+    # 16 patch tokens, P = 6: five windows of 16 // 5 = 3 tokens, then the remaining 1 token.
+    assert window_bounds(16, 6) == [(0, 3), (3, 6), (6, 9), (9, 12), (12, 15), (15, 16)]
+    for prompt, (img, win) in zip(res.tensors["prompts"], res.tensors["spt.candidate_index"].tolist(), strict=True):
+        lo, hi = window_bounds(16, 6)[win]
+        chunk = tokens[img, lo:hi]
+        expected = chunk.mean(0) if how == "mean" else chunk.max(0).values
+        torch.testing.assert_close(prompt, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_spt_kmeans_deep_uses_each_block(embeddings, tmp_path) -> None:
+    res = _init(embeddings, tmp_path, method="spt", sample="kmeans", deep=True, prompt_length=4)
+    assert res.tensors["prompts"].shape == (4, 4, 64)
+    sizes = res.tensors["spt.cluster_sizes"]
+    emb = load_artifact(embeddings)
+    assert int(sizes[0].sum()) == emb["tokens"].shape[0] * 16  # block 0: every cached image
+    assert int(sizes[2].sum()) == emb["calib.token_sample"].shape[1] * 16  # later blocks: the sample
+
+
+@pytest.mark.parametrize("method", ["random", "spt", "vipamin"])
+def test_same_seed_bit_identical_other_seed_different(embeddings, tmp_path, method) -> None:
+    a = _init(embeddings, tmp_path, "a.safetensors", method=method, seed=4, prompt_length=10)
+    b = _init(embeddings, tmp_path, "b.safetensors", method=method, seed=4, prompt_length=10)
+    c = _init(embeddings, tmp_path, "c.safetensors", method=method, seed=5, prompt_length=10)
+    assert a.path.read_bytes() == b.path.read_bytes()
+    assert not torch.equal(a.tensors["prompts"], c.tensors["prompts"])
+
+
+def test_random_init_bound(embeddings, tmp_path) -> None:
+    res = _init(embeddings, tmp_path, method="random", prompt_length=500)
+    bound = math.sqrt(6 / (3 * 8 * 8 + 64))
+    p = res.tensors["prompts"]
+    assert float(p.abs().max()) <= bound and float(p.abs().max()) > 0.95 * bound
+    assert abs(float(p.mean())) < 0.01
+    deep = _init(embeddings, tmp_path, "d.safetensors", method="random", deep=True)
+    assert deep.tensors["prompts"].shape == (4, 20, 64)
+    assert res.meta["prompt_shape"] == [500, 64] and deep.meta["config"]["prompt_length"] == 20
+
+
+def _synthetic_context(vit: VisionTransformer, seed: int) -> InitContext:
+    """Calibration statistics from a real forward of random images through ``vit``."""
+    size = vit.patch_embed.img_size[0]
+    images = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        x0 = block0_tokens(vit, images)
+        rec = CalibrationRecorder(vit, torch.float32)
+        rec.run(x0, torch.ones(4, dtype=torch.bool))
+    return InitContext(vit=vit, tokens=x0, stats=rec.tensors(), num_prefix=vit.num_prefix_tokens,
+                       patch=vit.patch_embed.patch_size[0], device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("width,depth,heads,regs", [(64, 2, 2, 0), (256, 12, 4, 4), (1024, 24, 16, 1)])
+def test_shapes_across_model_sizes(width, depth, heads, regs) -> None:
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=1.0,
+                            reg_tokens=regs, num_classes=0).eval()
+    ctx = _synthetic_context(vit, 0)
+    prefix = 1 + regs
+    assert ctx.stats["calib.key_mean"].shape == (depth, prefix + 16, width // heads)
+    for method in ("random", "spt", "vipamin"):
+        for deep in (False, True):
+            cfg = InitConfig(method=method, deep=deep, prompt_length=5, k=4, sample="kmeans")
+            tensors, _ = run_init(ctx, cfg)
+            expected = (depth, 5, width) if deep else (5, width)
+            assert tensors["prompts"].shape == expected, (method, deep)
+            assert torch.isfinite(tensors["prompts"]).all()
+            model = PromptedViT(vit, tensors["prompts"], num_classes=3)
+            with torch.no_grad():
+                assert model(ctx.tokens[:2]).shape == (2, 3)
+
+
+def test_bad_init_inputs_via_cli(cli, embeddings, tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    prompts = tmp_path / "prompts.safetensors"
+    _init(embeddings, tmp_path, "prompts.safetensors", method="random", prompt_length=3)
+    cases = [
+        (["--embeddings", embeddings, "--backbone", "vit-tiny-reg-test"], "made with backbone 'vit-tiny-test'"),
+        (["--embeddings", prompts], "is a prompts file, but --embeddings must be embeddings"),
+        (["--embeddings", embeddings, "--k", "17"], "--k 17 is out of range: the backbone has 16 patch positions"),
+        (["--embeddings", embeddings, "--lambda", "1.5"], "--lambda 1.5 is outside [0, 1]"),
+        (["--embeddings", embeddings, "--lambda", "-0.1"], "outside [0, 1]"),
+        (["--embeddings", embeddings, "--prompt-length", "0"], "--prompt-length 0 must be at least 1"),
+        (["--embeddings", embeddings, "--method", "magic"], "unknown init method 'magic'"),
+        (["--embeddings", embeddings, "--method", "spt", "--sample", "median"], "unknown --sample 'median'"),
+        ([], "init needs --embeddings FILE, or --backbone and --data"),
+    ]
+    for args, needle in cases:
+        code, stdout, stderr = cli("init", *args, "--out", out / "p.safetensors")
+        assert code == 2, (args, stderr)
+        assert stderr.startswith("error: ") and stderr.count("\n") == 1 and needle in stderr, (args, stderr)
+        assert list(out.iterdir()) == [], args
+
+
+def test_init_runs_embed_when_nothing_is_cached(cli, digits_dir, tmp_path) -> None:
+    out = tmp_path / "p.safetensors"
+    code, stdout, stderr = cli("init", "--backbone", "vit-tiny-test", "--data", digits_dir, "--split", "val",
+                               "--method", "vipamin", "--prompt-length", "7", "--out", out, "--explain")
+    assert code == 0, stderr
+    art = load_artifact(out, "prompts")
+    assert art["prompts"].shape == (7, 64)
+    assert art.meta["backbone"]["name"] == "vit-tiny-test" and art.meta["config"]["k"] == 8
+    assert art.meta["embeddings"]["digest"]
+    assert (tmp_path / "p.matches.png").exists()
+    code, stdout, _ = cli("explain", out, "--json")
+    import json
+
+    summary = json.loads(stdout)
+    assert summary["match_spread"]["positions"] == 16 and summary["orth_in_span"] < 1e-6
