@@ -68,6 +68,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise InputError(f"output directory {parent} is not writable", "choose a writable --out location")
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; artifacts get the usual permissions
     tmp_path = Path(tmp)
     try:
         yield tmp_path

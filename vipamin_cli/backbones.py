@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,8 +189,30 @@ def _build_arch(spec: BackboneSpec, img_size: int | None) -> VisionTransformer:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         if spec.arch.endswith("_test"):
-            return VisionTransformer(num_classes=0, **kwargs)
+            return _random_feature_init(VisionTransformer(num_classes=0, **kwargs))
         return timm.create_model(spec.arch, pretrained=False, num_classes=0, **kwargs)
+
+
+def _random_feature_init(model: VisionTransformer) -> VisionTransformer:
+    """Unit-scale seeded weights for the built-in test backbones.
+
+    timm's init (std 0.02) makes an untrained ViT nearly blind to position: tiny position
+    embeddings and uniform attention reduce it to a bag of patches. Drawing position / prefix
+    embeddings at unit scale and block weights at 1/sqrt(fan_in) gives a random-feature ViT that
+    keeps spatial layout, so the offline demo and tests learn something real.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(TINY_SEED)
+    with torch.no_grad():
+        for name in ("pos_embed", "cls_token", "reg_token"):
+            p = getattr(model, name, None)
+            if p is not None:
+                p.normal_(0.0, 1.0, generator=gen)
+        for name, p in model.blocks.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, p.shape[1] ** -0.5, generator=gen)
+    return model
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -211,7 +234,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for non-checkpoints; all mean the same to the user
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch's messages carry terminal colour codes
+        reason = text.splitlines()[0][:160] if text else type(exc).__name__
         raise InputError(f"cannot read weights file {p}: not a PyTorch checkpoint ({reason})",
                          "pass a .safetensors, .pth or .pth.tar state dict") from None
     for key in ("state_dict", "model", "module"):

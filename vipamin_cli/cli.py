@@ -81,9 +81,11 @@ WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Local checkpo
                                                 "instead of hub weights; 'random' = seeded random weights "
                                                 "(for timing only).")]
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="Image folder (class subfolders, optionally train/val/"
-                                      "test), VTAB-1k list-file folder, FGVC json-split folder, or hf:<owner>/<name>.")]
+                                      "test), VTAB-1k list-file folder, FGVC json-split folder, hf:<owner>/<name>, "
+                                      "or hf-disk:<path>.")]
 SplitOpt = Annotated[str | None, typer.Option("--split", help="Split to read: train/val/test, train800/val200/"
-                                              "train800val200 for VTAB; default: the training split.")]
+                                              "train800val200 for VTAB; default: train (all for a plain class "
+                                              "folder).")]
 ShotsOpt = Annotated[int | None, typer.Option("--shots", help="Few-shot: draw K images per class (with --seed).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for few-shot draws and the calibration subset.")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Embeddings cache (default $VIPAMIN_CACHE or "
@@ -220,6 +222,132 @@ def explain(
     else:
         for line in render_explanation(summary):
             typer.echo(line)
+
+
+def _numbers(text: str, option: str, kind: type = float) -> list:
+    """Parse a comma-separated list option such as --lr 0.05,0.1,0.25."""
+    from .errors import InputError
+
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{option} '{text}' is not a comma-separated list of numbers",
+                         f"pass e.g. {option} {'0.05,0.1' if kind is float else '42,44,82'}") from None
+    if not values:
+        raise InputError(f"{option} is empty", f"pass at least one value to {option}")
+    return values
+
+
+@app.command(epilog="Example: vipamin tune --backbone mae-vit-b --data ./flowers --val val --init vipamin "
+             "--lr 0.05,0.1,0.25 --seeds 42,44,82 --out flowers.safetensors")
+@handle_errors
+def tune(
+    embeddings: Annotated[Path | None, typer.Option("--embeddings", "-e", help="Training embeddings (instead of "
+                                                    "--backbone/--data).")] = None,
+    backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="Backbone name (with --data).")] = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Data source (see `vipamin embed --help`).")]
+    = None,
+    split: SplitOpt = None,
+    weights: WeightsOpt = None,
+    shots: ShotsOpt = None,
+    data_seed: Annotated[int, typer.Option("--data-seed", help="Seed of the few-shot draw and calibration "
+                                           "subset.")] = 0,
+    val: Annotated[str | None, typer.Option("--val", help="Validation split of --data (e.g. val, val200).")] = None,
+    val_embeddings: Annotated[Path | None, typer.Option("--val-embeddings", help="Validation embeddings file.")]
+    = None,
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="Initial prompts from `vipamin init`.")] = None,
+    init_method: Annotated[str, typer.Option("--init", help="Init computed now if --prompts is not given: "
+                                             "vipamin | spt | random.")] = "vipamin",
+    init_seed: Annotated[int, typer.Option("--init-seed", help="Seed of the init's random draws.")] = 0,
+    k: Annotated[int, typer.Option("--k", help="VIPAMIN init: K.")] = 8,
+    lam: Annotated[float, typer.Option("--lambda", help="VIPAMIN init: lambda.")] = 0.5,
+    sample: Annotated[str, typer.Option("--sample", help="SPT init: random | mean | max | kmeans.")] = "kmeans",
+    prompt_length: Annotated[int | None, typer.Option("--prompt-length", "-p", help="Prompts (per block); default "
+                                                      "100 vpt-shallow, 20 vpt-deep, 10 vapt.")] = None,
+    arch: Annotated[str, typer.Option("--arch", help="vpt-shallow | vpt-deep | vapt.")] = "vpt-shallow",
+    pool: Annotated[str | None, typer.Option("--pool", help="cls | mean-all | mean-patch (default: the "
+                                             "backbone's recipe).")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 100,
+    warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", help="Linear warm-up epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size (also scales the lr).")] = 32,
+    lr: Annotated[str, typer.Option("--lr", help="Base lr, or a comma list to sweep; scaled by batch/256.")]
+    = "0.1",
+    weight_decay: Annotated[str, typer.Option("--weight-decay", help="Weight decay, or a comma list.")] = "0.01",
+    optimizer: Annotated[str, typer.Option("--optimizer", help="adamw (VIPAMIN recipe) | sgd (VPT recipe).")]
+    = "adamw",
+    prompt_dropout: Annotated[float, typer.Option("--prompt-dropout", help="Dropout on prompts.")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="Training seed (head init, order, dropout).")] = 42,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Comma list of training seeds (overrides --seed).")]
+    = None,
+    vapt_hidden: Annotated[int, typer.Option("--vapt-hidden", help="VAPT projector hidden size.")] = 8,
+    vapt_kernel: Annotated[int, typer.Option("--vapt-kernel", help="VAPT conv kernel size.")] = 2,
+    val_every: Annotated[int, typer.Option("--val-every", help="Validate every N epochs.")] = 1,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint file.")] = Path("checkpoint.safetensors"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same command.")]
+    = False,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Train prompts (and VAPT's generator) plus a linear head on the frozen backbone's cached tokens.
+
+    Lists in --lr / --weight-decay make a sweep selected on --val (last-epoch top-1, ties to the smaller
+    lr); --seeds trains each configuration per seed. Prints the checkpoint path on stdout.
+    """
+    from .embed import EmbedConfig
+    from .inits import InitConfig
+    from .train import TuneConfig
+    from .tune import TuneInputs
+    from .tune import tune as run_tune
+
+    base = TuneConfig(arch=arch, pool=pool, epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size,
+                      optimizer=optimizer, prompt_dropout=prompt_dropout, seed=seed, vapt_hidden=vapt_hidden,
+                      vapt_kernel=vapt_kernel, val_every=val_every)
+    init_cfg = InitConfig(method=init_method, prompt_length=prompt_length, seed=init_seed, k=k, lam=lam,
+                          sample=sample, device=device)
+    inputs = TuneInputs(embeddings=embeddings, backbone=backbone, data=data, weights=weights, split=split,
+                        shots=shots, val=val, val_embeddings=val_embeddings, prompts=prompts, init=init_cfg,
+                        embed_config=EmbedConfig(seed=data_seed, device=device), cache_dir=cache_dir)
+    seed_list = _numbers(seeds, "--seeds", int) if seeds else [seed]
+    outcome = run_tune(inputs, base, _numbers(lr, "--lr"), _numbers(weight_decay, "--weight-decay"), seed_list,
+                       out, device=device, resume=resume)
+    typer.echo(str(outcome.checkpoint))
+
+
+@app.command(name="eval", epilog="Example: vipamin eval --checkpoint flowers.safetensors --data ./flowers "
+             "--split test --json")
+@handle_errors
+def eval_(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint from `vipamin tune`.")],
+    embeddings: Annotated[Path | None, typer.Option("--embeddings", "-e", help="Embeddings of the evaluation "
+                                                    "split.")] = None,
+    backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="Backbone (default: the "
+                                                 "checkpoint's).")] = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Data source to embed (cached).")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Evaluation split.")] = "test",
+    weights: WeightsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the metrics JSON here.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Draw the confusion matrix into this PNG.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Top-1, top-5, per-class and macro accuracy and the confusion matrix; mean +- std over seeds."""
+    from .artifacts import atomic_path
+    from .embed import EmbedConfig
+    from .evaluate import evaluate, plot_confusion, render_metrics
+
+    result = evaluate(checkpoint, embeddings=embeddings, backbone=backbone, data=data, weights=weights, split=split,
+                      embed_config=EmbedConfig(device=device), cache_dir=cache_dir, device=device)
+    text = json.dumps(result, indent=2)
+    if out is not None:
+        with atomic_path(out) as tmp:
+            tmp.write_text(text)
+    if plot is not None:
+        plot_confusion(result, plot)
+    if as_json:
+        typer.echo(text)
+    else:
+        render_metrics(result)
 
 
 @app.command(epilog="Example: vipamin info embeddings.safetensors --json")

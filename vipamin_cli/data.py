@@ -119,8 +119,8 @@ class ImageSet:
             put([s.key, s.label, size, digest])
         return h.hexdigest()
 
-    def describe(self) -> dict:
-        """JSON-able summary recorded in artifact metadata."""
+    def describe(self, fingerprint: str | None = None) -> dict:
+        """JSON-able summary recorded in artifact metadata (pass a fingerprint already computed)."""
         return {
             "kind": self.kind,
             "root": self.root,
@@ -130,7 +130,7 @@ class ImageSet:
             "num_samples": len(self.samples),
             "num_classes": len(self.class_names),
             "class_names": list(self.class_names),
-            "fingerprint": self.fingerprint(),
+            "fingerprint": fingerprint or self.fingerprint(),
         }
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import SCHEMA_VERSION
-from .artifacts import atomic_path, read_metadata, save_artifact
+from .artifacts import atomic_path, load_artifact, read_metadata, save_artifact
 from .cache import cache_root, content_key, embeddings_path
 from .errors import ArtifactError, InputError
 from .ui import info, progress_bar
@@ -146,12 +146,12 @@ class CalibrationRecorder:
         return out
 
 
-def embeddings_key(backbone: Backbone, image_set: ImageSet, preprocessing: dict[str, Any],
+def embeddings_key(backbone: Backbone, data_fingerprint: str, preprocessing: dict[str, Any],
                    config: EmbedConfig) -> str:
     return content_key({
         "schema": SCHEMA_VERSION, "artifact": "embeddings",
         "backbone": [backbone.spec.name, backbone.fingerprint, backbone.img_size],
-        "data": image_set.fingerprint(), "preprocessing": preprocessing,
+        "data": data_fingerprint, "preprocessing": preprocessing,
         "dtype": config.dtype, "calib_size": config.calib_size, "sample_images": config.sample_images,
         "seed": config.seed,
     })
@@ -220,15 +220,19 @@ def embed_dataset(backbone: Backbone, image_set: ImageSet, config: EmbedConfig |
         raise InputError(f"--calib-size must be at least 1, got {config.calib_size}", "pass e.g. --calib-size 256")
     if config.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {config.batch_size}", "pass e.g. --batch-size 64")
+    if config.sample_images < 0:
+        raise InputError(f"--sample-images must be >= 0, got {config.sample_images}", "pass e.g. --sample-images 32")
+    resolve_device(config.device)  # refuse --device cuda without a GPU even when the cache would answer
     resize = resolve_resize(config.resize, image_set)
     spec = backbone.spec
     preprocessing = preprocessing_info(resize, backbone.img_size, spec.mean, spec.std, spec.interpolation)
-    key = embeddings_key(backbone, image_set, preprocessing, config)
+    data_fingerprint = image_set.fingerprint()
+    key = embeddings_key(backbone, data_fingerprint, preprocessing, config)
     cached = embeddings_path(cache_root(cache_dir), key) if use_cache else None
 
     if cached is not None and cached.exists():
-        try:
-            meta = read_metadata(cached)
+        try:  # a damaged entry is recomputed, never served
+            meta = load_artifact(cached, "embeddings").meta
         except ArtifactError:
             meta = {}
         if meta.get("cache_key") == key:
@@ -244,7 +248,7 @@ def embed_dataset(backbone: Backbone, image_set: ImageSet, config: EmbedConfig |
     meta = {
         "backbone": backbone.identity(),
         "preprocessing": preprocessing,
-        "data": image_set.describe(),
+        "data": image_set.describe(data_fingerprint),
         "samples": [s.key for s in image_set.samples],
         "calibration": {"size": int(tensors["calib.index"].numel()),
                         "sample_images": int(tensors["calib.sample_index"].numel()), "seed": config.seed},

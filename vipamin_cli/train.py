@@ -1,0 +1,222 @@
+"""Training prompts + a linear head on cached tokens, with the papers' recipe, sweeps and resume.
+
+The frozen backbone never sees an image here: each step runs the blocks on cached block-0 tokens
+with the prompts spliced in. Each epoch's shuffling and dropout draw from a generator seeded by
+(seed, epoch), so a run resumed from epoch e continues exactly as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backbones import POOLS
+from .errors import InputError, RuntimeFailure
+from .prompted import PromptedViT
+
+ARCHS = ("vpt-shallow", "vpt-deep", "vapt")
+OPTIMIZERS = ("adamw", "sgd")
+DEFAULT_PROMPTS = {"vpt-shallow": 100, "vpt-deep": 20, "vapt": 10}
+
+
+@dataclass
+class TuneConfig:
+    """One training configuration; lists of lr / weight decay / seeds make a sweep of these."""
+
+    arch: str = "vpt-shallow"
+    pool: str | None = None  # None: the backbone's recipe
+    epochs: int = 100
+    warmup_epochs: int = 10
+    batch_size: int = 32
+    lr: float = 0.1  # base lr; the optimiser gets lr * batch_size / 256
+    weight_decay: float = 0.01
+    optimizer: str = "adamw"
+    prompt_dropout: float = 0.0
+    seed: int = 42
+    vapt_hidden: int = 8
+    vapt_kernel: int = 2
+    vapt_first_block: int = 1
+    vapt_per_channel: bool = False
+    head_init: str = "kaiming"  # kaiming (normal, fan_out) | zeros; bias 0 either way
+    val_every: int = 1
+
+    def validate(self) -> None:
+        if self.arch not in ARCHS:
+            raise InputError(f"unknown --arch '{self.arch}'", f"use one of {', '.join(ARCHS)}")
+        if self.pool is not None and self.pool not in POOLS:
+            raise InputError(f"unknown --pool '{self.pool}'", f"use one of {', '.join(POOLS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"unknown --optimizer '{self.optimizer}'", "use adamw or sgd")
+        if self.epochs < 1:
+            raise InputError(f"--epochs {self.epochs} must be at least 1", "pass e.g. --epochs 100")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise InputError(f"--warmup-epochs {self.warmup_epochs} must be in [0, epochs)", "pass e.g. 10")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size {self.batch_size} must be at least 1", "pass e.g. --batch-size 32")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InputError(f"--lr {self.lr} must be a positive number", "pass e.g. --lr 0.1")
+        if self.weight_decay < 0:
+            raise InputError(f"--weight-decay {self.weight_decay} must be >= 0", "pass e.g. 0.01")
+        if not 0 <= self.prompt_dropout < 1:
+            raise InputError(f"--prompt-dropout {self.prompt_dropout} must be in [0, 1)", "pass e.g. 0.1")
+        if self.head_init not in ("kaiming", "zeros"):
+            raise InputError(f"unknown --head-init '{self.head_init}'", "use kaiming or zeros")
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr * self.batch_size / 256.0
+
+
+def lr_factor(epoch: int, warmup: int, total: int) -> float:
+    """VPT's schedule, stepped per epoch: linear warm-up from 0, then half a cosine to 0."""
+    if epoch < warmup:
+        return epoch / max(1, warmup)
+    progress = (epoch - warmup) / max(1, total - warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def build_model(vit: nn.Module, prompts: torch.Tensor, num_classes: int, config: TuneConfig, pool: str,
+                grid: tuple[int, int]) -> PromptedViT:
+    """The prompted model of ``config.arch``, head initialised from ``config.seed``."""
+    from .vapt import VaptPromptGenerator
+
+    adaptive = None
+    if config.arch == "vapt":
+        adaptive = VaptPromptGenerator(int(vit.embed_dim), len(vit.blocks), grid, int(prompts.shape[-2]),
+                                       hidden=config.vapt_hidden, kernel=config.vapt_kernel,
+                                       first_block=config.vapt_first_block, per_channel=config.vapt_per_channel)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = PromptedViT(vit, prompts, pool=pool, prompt_dropout=config.prompt_dropout,
+                            num_classes=num_classes, adaptive=adaptive)
+        if config.head_init == "zeros":
+            nn.init.zeros_(model.head.weight)
+        else:
+            nn.init.kaiming_normal_(model.head.weight, a=0, mode="fan_out")
+        nn.init.zeros_(model.head.bias)
+    return model
+
+
+def make_optimizer(model: PromptedViT, config: TuneConfig) -> torch.optim.Optimizer:
+    """Weight decay on prompts, head weight and VAPT weights; none on biases and norms."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.effective_lr, momentum=0.9)
+    return torch.optim.AdamW(groups, lr=config.effective_lr, betas=(0.9, 0.999), eps=1e-6)
+
+
+def trainable_state(model: PromptedViT) -> dict[str, torch.Tensor]:
+    """Prompt-side parameters and the head: what a checkpoint stores (never the backbone)."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if not n.startswith("vit.")}
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Optimizer state flattened to named tensors, for safetensors."""
+    out: dict[str, torch.Tensor] = {}
+    for i, (_, st) in enumerate(opt.state_dict()["state"].items()):
+        for k, v in st.items():
+            out[f"{i}.{k}"] = v.detach().cpu().clone() if torch.is_tensor(v) else torch.tensor(v)
+    return out
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict[str, Any]] = {}
+    for name, v in tensors.items():
+        i, k = name.split(".", 1)
+        state.setdefault(int(i), {})[k] = v
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+@torch.no_grad()
+def predict(model: PromptedViT, tokens: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """Logits for all cached ``tokens`` (on CPU, float32)."""
+    model.eval()
+    out = []
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with autocast:
+        for i in range(0, tokens.shape[0], batch_size):
+            out.append(model(tokens[i: i + batch_size].to(device, non_blocking=True)).float().cpu())
+    return torch.cat(out)
+
+
+def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).float().mean()) * 100.0
+
+
+@dataclass
+class RunState:
+    """Where one configuration's training stands; enough to resume it exactly."""
+
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, float] | None = None
+
+
+def train_run(model: PromptedViT, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor]
+              | None, config: TuneConfig, device: torch.device, state: RunState | None = None,
+              optimizer_state: dict[str, torch.Tensor] | None = None,
+              on_epoch: Callable[[PromptedViT, torch.optim.Optimizer, RunState], None] | None = None,
+              on_step: Callable[[int, float, float], None] | None = None) -> RunState:
+    """Train ``model`` for the remaining epochs of ``config``; calls ``on_epoch`` after each one."""
+    state = state or RunState()
+    model.to(device)
+    opt = make_optimizer(model, config)
+    if optimizer_state:
+        load_optimizer_tensors(opt, optimizer_state)
+    tokens, labels = train
+    n = tokens.shape[0]
+    loss_fn = nn.CrossEntropyLoss()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for epoch in range(state.epoch, config.epochs):
+        lr = config.effective_lr * lr_factor(epoch, config.warmup_epochs, config.epochs)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout draws
+        order = torch.randperm(n, generator=gen)
+        model.train()
+        start = time.perf_counter()
+        total = torch.zeros((), device=device)
+        for i in range(0, n, config.batch_size):
+            idx = order[i: i + config.batch_size]
+            x = tokens[idx.to(tokens.device)].to(device, non_blocking=True)
+            y = labels[idx.to(labels.device)].to(device, non_blocking=True)
+            with autocast:
+                loss = loss_fn(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * len(idx)
+            if on_step is not None:
+                on_step(len(idx), lr, float(loss.detach()))
+        mean_loss = float(total) / n
+        if not math.isfinite(mean_loss):
+            raise RuntimeFailure(f"the training loss became {mean_loss} in epoch {epoch + 1} (lr {lr:.3g}, "
+                                 f"base lr {config.lr})", "lower --lr; the last good checkpoint is kept")
+        record = {"epoch": epoch + 1, "lr": lr, "loss": mean_loss, "seconds": time.perf_counter() - start}
+        if val is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
+            record["val_top1"] = top1(predict(model, val[0], device), val[1])
+            if state.best is None or record["val_top1"] > state.best["val_top1"]:
+                state.best = {"epoch": epoch + 1, "val_top1": record["val_top1"]}
+        state.history.append(record)
+        state.epoch = epoch + 1
+        if on_epoch is not None:
+            on_epoch(model, opt, state)
+    return state
+
+
+def config_dict(config: TuneConfig) -> dict[str, Any]:
+    return asdict(config) | {"effective_lr": config.effective_lr}

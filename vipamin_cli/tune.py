@@ -1,0 +1,288 @@
+"""`vipamin tune`: inputs, init on the fly, the sweep, resume state, selection and the checkpoint.
+
+A checkpoint holds one or more runs (one per training seed of the selected configuration), each as
+``run{j}.<parameter>`` tensors, and metadata with every option, per-epoch history, the best epoch,
+the init's and embeddings' fingerprints and the backbone identity. While training, a
+``<checkpoint>.partial.safetensors`` file holds finished runs and the current run's state after
+every epoch; ``--resume`` continues from it and it is removed once the checkpoint is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .artifacts import Artifact, atomic_path, check_same_backbone, load_artifact, save_artifact
+from .errors import ArtifactError, InputError
+from .train import (
+    DEFAULT_PROMPTS,
+    RunState,
+    TuneConfig,
+    build_model,
+    config_dict,
+    optimizer_tensors,
+    train_run,
+    trainable_state,
+)
+from .ui import err_console, info, progress_bar
+
+
+@dataclass
+class TuneInputs:
+    """Where the data, validation data and initial prompts come from."""
+
+    embeddings: str | os.PathLike | None = None
+    backbone: str | None = None
+    data: str | None = None
+    weights: str | None = None
+    split: str | None = None
+    shots: int | None = None
+    val: str | None = None  # a split name of --data
+    val_embeddings: str | os.PathLike | None = None
+    prompts: str | os.PathLike | None = None
+    init: Any = None  # an InitConfig when prompts are computed on the fly
+    embed_config: Any = None
+    cache_dir: str | os.PathLike | None = None
+
+
+@dataclass
+class TuneOutcome:
+    checkpoint: Path
+    sweep: dict[str, Any]
+    models: list[Any]  # the selected runs trained in this call (not those restored by --resume)
+    backbone: Any
+
+
+def _embeddings(inputs: TuneInputs, split: str | None, explicit: str | os.PathLike | None, what: str) -> Artifact:
+    from .embed import embed_data
+
+    if explicit is not None:
+        return load_artifact(explicit, "embeddings", what=what)
+    if inputs.backbone is None or inputs.data is None:
+        raise InputError(f"{what} needs --embeddings FILE, or --backbone and --data",
+                         "pass --embeddings from `vipamin embed`, or --backbone B --data D")
+    res = embed_data(inputs.backbone, inputs.data, weights=inputs.weights, split=split, shots=inputs.shots,
+                     config=inputs.embed_config, cache_dir=inputs.cache_dir)
+    return load_artifact(res.path, "embeddings", what=what)
+
+
+def check_compatible(a: dict[str, Any], b: dict[str, Any], what_a: str, what_b: str) -> None:
+    """Same backbone and weights, same preprocessing, same class list: else refuse."""
+    check_same_backbone(a, b, what_a, what_b)
+    if a.get("preprocessing") != b.get("preprocessing"):
+        raise ArtifactError(f"{what_a} and {what_b} were preprocessed differently "
+                            f"({a['preprocessing'].get('resize')} vs {b['preprocessing'].get('resize')})",
+                            "embed both with the same --resize")
+    ca, cb = a["data"]["class_names"], b["data"]["class_names"]
+    if ca != cb:
+        raise ArtifactError(f"{what_a} has {len(ca)} classes {ca[:4]}... but {what_b} has {len(cb)} {cb[:4]}...",
+                            "use splits of the same dataset (same class list)")
+
+
+def _initial_prompts(inputs: TuneInputs, train: Artifact, arch: str, out: Path) -> tuple[torch.Tensor, dict]:
+    """Prompts from --prompts, or computed now with --init and saved beside the checkpoint."""
+    from .inits import InitConfig, init_prompts
+
+    if inputs.prompts is not None:
+        art = load_artifact(inputs.prompts, "prompts", what="--prompts")
+        check_same_backbone(train.meta, art.meta, "the training embeddings", f"--prompts {inputs.prompts}")
+        source = {"file": str(inputs.prompts), "digest": art.meta["digest"], "method": art.meta["method"],
+                  "config": art.meta["config"]}
+        prompts = art["prompts"]
+    else:
+        cfg: InitConfig = inputs.init or InitConfig()
+        cfg = replace(cfg, deep=arch == "vpt-deep", prompt_length=cfg.prompt_length or DEFAULT_PROMPTS[arch])
+        dest = out.with_name(out.name.removesuffix(".safetensors") + ".prompts.safetensors")
+        outcome = init_prompts(cfg, embeddings=train.path, out=dest)
+        prompts = outcome.tensors["prompts"]
+        source = {"file": str(dest), "digest": load_artifact(dest).meta["digest"], "method": cfg.method,
+                  "config": outcome.meta["config"]}
+    if arch == "vpt-deep" and prompts.dim() != 3:
+        raise InputError("--arch vpt-deep needs deep prompts (one set per block)", "initialise with `init --deep`")
+    if arch == "vpt-shallow" and prompts.dim() != 2:
+        raise InputError("--arch vpt-shallow needs shallow prompts", "initialise without --deep")
+    if arch == "vapt" and prompts.dim() == 3:
+        prompts = prompts[0]  # a deep init seeds VAPT's static block-0 prompts only
+    return prompts.float(), source
+
+
+def _device_tokens(tokens: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Keep cached tokens resident on the GPU when they fit comfortably, else on the host."""
+    if device.type != "cuda":
+        return tokens
+    free, _ = torch.cuda.mem_get_info(device)
+    need = tokens.numel() * tokens.element_size()
+    return tokens.to(device) if need < 0.5 * free else tokens.pin_memory()
+
+
+def select(runs: list[dict[str, Any]]) -> tuple[float, float]:
+    """The (lr, wd) with the best mean last-epoch val top-1 over seeds; ties go to the smaller lr."""
+    groups: dict[tuple[float, float], list[float]] = {}
+    for r in runs:
+        groups.setdefault((r["config"]["lr"], r["config"]["weight_decay"]), []).append(r["final_val_top1"])
+    return max(groups, key=lambda k: (statistics.fmean(groups[k]), -k[0], -k[1]))
+
+
+def _partial_path(out: Path) -> Path:
+    return out.with_name(out.name.removesuffix(".safetensors") + ".partial.safetensors")
+
+
+def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: list[float], seeds: list[int],
+         out: str | os.PathLike, device: str = "auto", resume: bool = False, show_progress: bool = True,
+         on_epoch: Any = None) -> TuneOutcome:
+    """Train every (lr, weight decay, seed) configuration, select on validation, write the checkpoint."""
+    from .backbones import load_backbone_from_identity
+    from .embed import resolve_device
+
+    out = Path(out)
+    configs = [replace(base, lr=lr, weight_decay=wd, seed=s) for lr in lrs for wd in weight_decays for s in seeds]
+    for c in configs:
+        c.validate()
+    dev = resolve_device(device)
+    train = _embeddings(inputs, inputs.split, inputs.embeddings, "tune")
+    val = None
+    if inputs.val_embeddings is not None or inputs.val is not None:
+        val = _embeddings(inputs, inputs.val, inputs.val_embeddings, "validation")
+        check_compatible(train.meta, val.meta, "the training embeddings", "the validation embeddings")
+        if val["labels"].numel() == 0:
+            raise InputError("the validation split is empty", "pass a non-empty --val split")
+    sweeping = len(lrs) * len(weight_decays) > 1
+    if sweeping and val is None:
+        raise InputError("a sweep over several lr / weight decay values needs validation data",
+                         "pass --val SPLIT or --val-embeddings FILE")
+    identity = train.meta["backbone"]
+    backbone = load_backbone_from_identity(identity)
+    prompts, init_source = _initial_prompts(inputs, train, base.arch, out)
+    pool = base.pool or identity["pool"]
+    grid = (identity["img_size"] // identity["patch"],) * 2
+    num_classes = len(train.meta["data"]["class_names"])
+    train_xy = (_device_tokens(train["tokens"], dev), train["labels"].to(dev if dev.type == "cuda" else "cpu"))
+    val_xy = (val["tokens"], val["labels"]) if val is not None else None
+
+    signature = {"configs": [config_dict(c) for c in configs], "train": train.meta["digest"],
+                 "val": val.meta["digest"] if val is not None else None, "init": init_source["digest"],
+                 "pool": pool}
+    partial = _partial_path(out)
+    done: list[dict[str, Any]] = []
+    done_tensors: dict[str, torch.Tensor] = {}
+    current: dict[str, Any] | None = None
+    if resume:
+        if not partial.exists():
+            raise InputError(f"nothing to resume: {partial} does not exist", "run without --resume")
+        part = load_artifact(partial, "checkpoint", what="--resume state")
+        if part.meta.get("signature") != signature:
+            raise InputError(f"{partial} belongs to a run with other options or inputs",
+                             "repeat the original command with --resume, or delete the file to start over")
+        done = part.meta["done"]
+        done_tensors = {k: v for k, v in part.tensors.items() if k.startswith("done")}
+        current = part.meta.get("current")
+        current_tensors = {k[len("cur."):]: v for k, v in part.tensors.items() if k.startswith("cur.")}
+        info(f"resuming: {len(done)} of {len(configs)} runs done, current run at epoch "
+             f"{current['state']['epoch'] if current else 0}")
+
+    common_meta = {"backbone": identity, "preprocessing": train.meta["preprocessing"], "data": train.meta["data"],
+                   "embeddings": {"train": train.meta["digest"], "val": val.meta["digest"] if val else None,
+                                  "train_split": train.meta["data"]["split"],
+                                  "val_split": val.meta["data"]["split"] if val else None},
+                   "init": init_source, "arch": base.arch, "pool": pool, "grid": list(grid),
+                   "num_classes": num_classes}
+
+    models: dict[int, Any] = {}
+    steps_per_epoch = -(-train_xy[0].shape[0] // base.batch_size)
+    total_steps = sum(c.epochs for c in configs) * steps_per_epoch
+    with progress_bar("tune", total_steps, show_progress) as bar:
+        bar.advance(sum(configs[i].epochs for i in range(len(done))) * steps_per_epoch)
+        for idx in range(len(done), len(configs)):
+            cfg = configs[idx]
+            model = build_model(backbone.model, prompts, num_classes, cfg, pool, grid)
+            state, opt_state = RunState(), None
+            if current is not None and current["index"] == idx:
+                model.load_state_dict(
+                    {k: v for k, v in current_tensors.items() if not k.startswith("optim.")}, strict=False)
+                opt_state = {k[len("optim."):]: v for k, v in current_tensors.items() if k.startswith("optim.")}
+                state = RunState(**current["state"])
+                bar.advance(state.epoch * steps_per_epoch)
+
+            def save_progress(m, opt, st, idx=idx, cfg=cfg):
+                tensors = dict(done_tensors)
+                tensors.update({f"cur.{k}": v for k, v in trainable_state(m).items()})
+                tensors.update({f"cur.optim.{k}": v for k, v in optimizer_tensors(opt).items()})
+                meta = common_meta | {"partial": True, "signature": signature, "done": done,
+                                      "current": {"index": idx, "state": vars(st)}}
+                save_artifact(partial, tensors, "checkpoint", meta)
+                if on_epoch is not None:
+                    on_epoch(idx, st)
+
+            def step(n, lr, loss, cfg=cfg):
+                bar.advance(1, run=f"lr={cfg.lr:g} wd={cfg.weight_decay:g} seed={cfg.seed}", loss=f"{loss:.3f}",
+                            lr_now=f"{lr:.2e}")
+
+            state = train_run(model, train_xy, val_xy, cfg, dev, state=state, optimizer_state=opt_state,
+                              on_epoch=save_progress, on_step=step if show_progress else None)
+            record = {"config": config_dict(cfg), "history": state.history, "best": state.best,
+                      "final_val_top1": state.history[-1].get("val_top1") if state.history else None,
+                      "final_train_loss": state.history[-1]["loss"]}
+            done.append(record)
+            done_tensors.update({f"done{idx}.{k}": v for k, v in trainable_state(model).items()})
+            current = None
+            models[idx] = model.cpu()
+
+    chosen = select(done) if val is not None else (configs[0].lr, configs[0].weight_decay)
+    selected = [i for i, r in enumerate(done)
+                if (r["config"]["lr"], r["config"]["weight_decay"]) == chosen]
+    tensors: dict[str, torch.Tensor] = {}
+    runs = []
+    for j, i in enumerate(selected):
+        tensors.update({f"run{j}.{k.split('.', 1)[1]}": v for k, v in done_tensors.items()
+                        if k.startswith(f"done{i}.")})
+        runs.append(done[i])
+    sweep = {"criterion": "mean last-epoch val top-1 over seeds; ties to the smaller lr",
+             "chosen": {"lr": chosen[0], "weight_decay": chosen[1]}, "runs": done}
+    meta = common_meta | {"runs": runs, "selection": sweep["chosen"], "sweep_size": len(done)}
+    save_artifact(out, tensors, "checkpoint", meta)
+    sweep_path = out.with_name(out.name.removesuffix(".safetensors") + ".sweep.json")
+    with atomic_path(sweep_path) as tmp:
+        tmp.write_text(json.dumps(sweep, indent=2))
+    partial.unlink(missing_ok=True)
+    if len(done) > 1:
+        render_sweep(sweep)
+    return TuneOutcome(checkpoint=out, sweep=sweep, models=[models[i] for i in selected if i in models],
+                       backbone=backbone)
+
+
+def render_sweep(sweep: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title="sweep (selected on validation)")
+    for col in ("lr", "weight decay", "seed", "final val top-1", "best val top-1 (epoch)", "train loss"):
+        table.add_column(col)
+    chosen = sweep["chosen"]
+    for r in sweep["runs"]:
+        c = r["config"]
+        mark = "[bold green]" if (c["lr"], c["weight_decay"]) == (chosen["lr"], chosen["weight_decay"]) else ""
+        best = f"{r['best']['val_top1']:.2f} ({r['best']['epoch']})" if r["best"] else "-"
+        final = f"{r['final_val_top1']:.2f}" if r["final_val_top1"] is not None else "-"
+        table.add_row(f"{mark}{c['lr']:g}", f"{c['weight_decay']:g}", str(c["seed"]), final, best,
+                      f"{r['final_train_loss']:.4f}")
+    err_console().print(table)
+
+
+def load_runs(checkpoint: Artifact, vit: torch.nn.Module) -> list[Any]:
+    """Rebuild every run's prompted model from a checkpoint."""
+    meta = checkpoint.meta
+    models = []
+    for j, run in enumerate(meta["runs"]):
+        prefix = f"run{j}."
+        state = {k[len(prefix):]: v for k, v in checkpoint.tensors.items() if k.startswith(prefix)}
+        cfg_fields = {k: v for k, v in run["config"].items() if k in TuneConfig.__dataclass_fields__}
+        cfg = TuneConfig(**cfg_fields)
+        model = build_model(vit, state["prompts"], meta["num_classes"], cfg, meta["pool"], tuple(meta["grid"]))
+        model.load_state_dict(state, strict=False)
+        models.append(model)
+    return models
