@@ -209,7 +209,7 @@ def _random_feature_init(model: VisionTransformer) -> VisionTransformer:
             p = getattr(model, name, None)
             if p is not None:
                 p.normal_(0.0, 1.0, generator=gen)
-        for name, p in model.blocks.named_parameters():
+        for p in model.blocks.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, p.shape[1] ** -0.5, generator=gen)
     return model

@@ -103,6 +103,7 @@ def explain(prompts_path: str | os.PathLike, png: str | os.PathLike | None = Non
     out["random_in_span"] = sum(i["random_in_span"] for i in infos) / len(infos)
     out["orth_rank_used"] = [i["rank_used"] for i in infos]
     out["orth_truncated"] = any(i["truncated"] for i in infos)
+    out["orth_forced_rank"] = infos[0].get("forced_rank")
     out["match_norm_mean"] = float(art["vipamin.match_part"].double().norm(dim=-1).mean())
     out["orth_norm_mean"] = float(art["vipamin.orth_part"].double().norm(dim=-1).mean())
     dest = Path(png) if png is not None else Path(prompts_path).with_suffix(".matches.png")
@@ -123,7 +124,10 @@ def render_explanation(summary: dict[str, Any]) -> list[str]:
                      f"(coverage {s['coverage']:.0%}, evenness {s['entropy']:.2f}, busiest position "
                      f"{s['top_position_share']:.1%} of selections); mean cosine of selected keys "
                      f"{summary['match_similarity_mean']:.3f}")
-        trunc = " (truncated basis: the span filled the space)" if summary["orth_truncated"] else ""
+        trunc = ""
+        if summary["orth_truncated"]:
+            trunc = (" (truncated basis: --orth-rank)" if summary.get("orth_forced_rank") is not None
+                     else " (truncated basis: the span filled the space)")
         lines.append(f"orthogonal part: {summary['orth_in_span']:.2e} of its value vector lies in the pretrained "
                      f"attention-output span, versus {summary['random_in_span']:.2f} for a random token; span rank "
                      f"{summary['orth_rank_used']}{trunc}")

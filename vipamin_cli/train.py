@@ -86,13 +86,14 @@ def build_model(vit: nn.Module, prompts: torch.Tensor, num_classes: int, config:
     """The prompted model of ``config.arch``, head initialised from ``config.seed``."""
     from .vapt import VaptPromptGenerator
 
-    adaptive = None
-    if config.arch == "vapt":
-        adaptive = VaptPromptGenerator(int(vit.embed_dim), len(vit.blocks), grid, int(prompts.shape[-2]),
-                                       hidden=config.vapt_hidden, kernel=config.vapt_kernel,
-                                       first_block=config.vapt_first_block, per_channel=config.vapt_per_channel)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # every random init below depends on config.seed alone
         torch.manual_seed(config.seed)
+        adaptive = None
+        if config.arch == "vapt":
+            adaptive = VaptPromptGenerator(int(vit.embed_dim), len(vit.blocks), grid, int(prompts.shape[-2]),
+                                           hidden=config.vapt_hidden, kernel=config.vapt_kernel,
+                                           first_block=config.vapt_first_block,
+                                           per_channel=config.vapt_per_channel)
         model = PromptedViT(vit, prompts, pool=pool, prompt_dropout=config.prompt_dropout,
                             num_classes=num_classes, adaptive=adaptive)
         if config.head_init == "zeros":
@@ -124,7 +125,7 @@ def trainable_state(model: PromptedViT) -> dict[str, torch.Tensor]:
 def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """Optimizer state flattened to named tensors, for safetensors."""
     out: dict[str, torch.Tensor] = {}
-    for i, (_, st) in enumerate(opt.state_dict()["state"].items()):
+    for i, st in opt.state_dict()["state"].items():  # i: the parameter's index across groups
         for k, v in st.items():
             out[f"{i}.{k}"] = v.detach().cpu().clone() if torch.is_tensor(v) else torch.tensor(v)
     return out

@@ -49,14 +49,16 @@ def complement_basis(attn_out: torch.Tensor, energy: float, rank: int | None) ->
     full_rank = int((s > tol).sum())
     info: dict[str, Any] = {"span_rank": full_rank, "dim": dim}
     if rank is not None:
-        used, truncated = min(rank, full_rank), True
+        used = min(rank, full_rank)
+        truncated = used < full_rank
     elif full_rank >= dim:
         cum = torch.cumsum(s**2, 0) / (s**2).sum()
         used, truncated = int((cum < energy).sum()) + 1, True
         used = min(used, dim - 1)
     else:
         used, truncated = full_rank, False
-    info.update(rank_used=used, truncated=truncated, energy=energy if truncated and rank is None else None)
+    info.update(rank_used=used, truncated=truncated, forced_rank=rank,
+                energy=energy if truncated and rank is None else None)
     return vh[:used].T.contiguous(), info
 
 
