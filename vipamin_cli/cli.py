@@ -281,6 +281,13 @@ def tune(
     = None,
     vapt_hidden: Annotated[int, typer.Option("--vapt-hidden", help="VAPT projector hidden size.")] = 8,
     vapt_kernel: Annotated[int, typer.Option("--vapt-kernel", help="VAPT conv kernel size.")] = 2,
+    vapt_first_block: Annotated[int, typer.Option("--vapt-first-block", help="VAPT: first block whose prompts "
+                                                  "are generated (earlier blocks keep the incoming ones).")] = 1,
+    vapt_per_channel: Annotated[bool, typer.Option("--vapt-per-channel", help="VAPT: one kernel per channel "
+                                                   "instead of one shared kernel.")] = False,
+    head_init: Annotated[str, typer.Option("--head-init", help="kaiming (normal, fan_out) | zeros; bias 0.")]
+    = "kaiming",
+    calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images when embedding.")] = 256,
     val_every: Annotated[int, typer.Option("--val-every", help="Validate every N epochs.")] = 1,
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint file.")] = Path("checkpoint.safetensors"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same command.")]
@@ -301,12 +308,14 @@ def tune(
 
     base = TuneConfig(arch=arch, pool=pool, epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size,
                       optimizer=optimizer, prompt_dropout=prompt_dropout, seed=seed, vapt_hidden=vapt_hidden,
-                      vapt_kernel=vapt_kernel, val_every=val_every)
+                      vapt_kernel=vapt_kernel, vapt_first_block=vapt_first_block,
+                      vapt_per_channel=vapt_per_channel, head_init=head_init, val_every=val_every)
     init_cfg = InitConfig(method=init_method, prompt_length=prompt_length, seed=init_seed, k=k, lam=lam,
                           sample=sample, device=device)
     inputs = TuneInputs(embeddings=embeddings, backbone=backbone, data=data, weights=weights, split=split,
                         shots=shots, val=val, val_embeddings=val_embeddings, prompts=prompts, init=init_cfg,
-                        embed_config=EmbedConfig(seed=data_seed, device=device), cache_dir=cache_dir)
+                        embed_config=EmbedConfig(seed=data_seed, calib_size=calib_size, device=device),
+                        cache_dir=cache_dir)
     seed_list = _numbers(seeds, "--seeds", int) if seeds else [seed]
     outcome = run_tune(inputs, base, _numbers(lr, "--lr"), _numbers(weight_decay, "--weight-decay"), seed_list,
                        out, device=device, resume=resume)

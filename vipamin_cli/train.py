@@ -65,6 +65,8 @@ class TuneConfig:
             raise InputError(f"--weight-decay {self.weight_decay} must be >= 0", "pass e.g. 0.01")
         if not 0 <= self.prompt_dropout < 1:
             raise InputError(f"--prompt-dropout {self.prompt_dropout} must be in [0, 1)", "pass e.g. 0.1")
+        if self.arch == "vapt" and self.vapt_kernel < 1:
+            raise InputError(f"--vapt-kernel {self.vapt_kernel} must be at least 1", "pass e.g. --vapt-kernel 2")
         if self.head_init not in ("kaiming", "zeros"):
             raise InputError(f"unknown --head-init '{self.head_init}'", "use kaiming or zeros")
 
