@@ -12,6 +12,7 @@ import torch
 from vipamin_cli.artifacts import load_artifact
 from vipamin_cli.backbones import load_backbone
 from vipamin_cli.embed import EmbedConfig, embed_data
+from vipamin_cli.errors import Interrupted
 from vipamin_cli.evaluate import evaluate, metrics_from_logits
 from vipamin_cli.inits import InitConfig
 from vipamin_cli.train import TuneConfig, build_model, lr_factor, predict
@@ -161,12 +162,12 @@ def test_resume_after_interruption_equals_uninterrupted(emb, tmp_path) -> None:
     base = TuneConfig(epochs=4, warmup_epochs=1, prompt_dropout=0.1, arch="vapt")
     inputs = TuneInputs(embeddings=emb["train"], val_embeddings=emb["val"], prompts=full.sweep and
                         tmp_path / "full.prompts.safetensors")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="--resume"):
         tune(inputs, base, [1.0], [0.01], [42, 44], out, device="cpu", show_progress=False, on_epoch=stop)
     partial = tmp_path / "cut.partial.safetensors"
     assert partial.exists() and not out.exists()
     assert load_artifact(partial).meta["current"]["state"]["epoch"] == 2
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted):
         tune(inputs, base, [1.0], [0.01], [42, 44], out, device="cpu", show_progress=False, resume=True,
              on_epoch=stop)
     tune(inputs, base, [1.0], [0.01], [42, 44], out, device="cpu", show_progress=False, resume=True)

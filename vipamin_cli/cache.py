@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,3 +31,21 @@ def content_key(parts: dict[str, Any]) -> str:
 
 def embeddings_path(root: Path, key: str) -> Path:
     return root / "embeddings" / f"{key}.safetensors"
+
+
+@contextlib.contextmanager
+def entry_lock(path: Path) -> Iterator[None]:
+    """Serialise processes filling the same cache entry: the second waits, then finds it done."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(path.name + ".lock")
+    with open(lock, "a+") as fh:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: atomic rename alone keeps entries whole
+            yield
+            return
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

@@ -415,6 +415,12 @@ def demo(
     run_demo(out, device=device)
 
 
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: usage errors (unknown option, bad value) become one line too."""
     try:  # typer >= 0.17 vendors click; older versions use click itself
@@ -422,6 +428,13 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         from click import exceptions as cx
 
+    import signal
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops as cleanly as Ctrl-C: atomic writes, resumable state
+
+    if threading_is_main():
+        signal.signal(signal.SIGTERM, terminate)
     try:
         result = app(args=argv, standalone_mode=False)
     except cx.UsageError as exc:

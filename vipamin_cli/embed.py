@@ -9,6 +9,7 @@ of the block's input patch tokens for prototype (SPT) initialisation.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -17,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import SCHEMA_VERSION
 from .artifacts import atomic_path, load_artifact, read_metadata, save_artifact
-from .cache import cache_root, content_key, embeddings_path
-from .errors import ArtifactError, InputError
+from .cache import cache_root, content_key, embeddings_path, entry_lock
+from .errors import ArtifactError, InputError, Interrupted
 from .ui import info, progress_bar
 
 if TYPE_CHECKING:
@@ -230,40 +231,53 @@ def embed_dataset(backbone: Backbone, image_set: ImageSet, config: EmbedConfig |
     key = embeddings_key(backbone, data_fingerprint, preprocessing, config)
     cached = embeddings_path(cache_root(cache_dir), key) if use_cache else None
 
-    if cached is not None and cached.exists():
-        try:  # a damaged entry is recomputed, never served
-            meta = load_artifact(cached, "embeddings").meta
-        except ArtifactError:
-            meta = {}
-        if meta.get("cache_key") == key:
-            info(f"[green]cache hit[/] embeddings {cached}")
-            dest = cached
-            if out is not None:
-                dest = Path(out)
-                with atomic_path(dest) as tmp:
-                    shutil.copyfile(cached, tmp)
-            return EmbedResult(path=dest, from_cache=True, meta=meta)
-
-    tensors = compute_embeddings(backbone, image_set, config, preprocessing, show_progress)
-    meta = {
-        "backbone": backbone.identity(),
-        "preprocessing": preprocessing,
-        "data": image_set.describe(data_fingerprint),
-        "samples": [s.key for s in image_set.samples],
-        "calibration": {"size": int(tensors["calib.index"].numel()),
-                        "sample_images": int(tensors["calib.sample_index"].numel()), "seed": config.seed},
-        "config": {k: v for k, v in asdict(config).items() if k not in ("device", "workers", "batch_size")},
-        "tokens_dtype": config.dtype,
-        "cache_key": key,
-    }
-    dest = Path(out) if out is not None else cached
-    if dest is None:
-        raise InputError("nowhere to write the embeddings", "pass --out FILE or enable the cache")
-    save_artifact(dest, tensors, "embeddings", meta)
-    if cached is not None and dest != cached:
-        with atomic_path(cached) as tmp:
-            shutil.copyfile(dest, tmp)
+    lock = entry_lock(cached) if cached is not None else contextlib.nullcontext()
+    with lock:
+        hit = _cache_hit(cached, key, out)
+        if hit is not None:
+            return hit
+        try:
+            tensors = compute_embeddings(backbone, image_set, config, preprocessing, show_progress)
+        except KeyboardInterrupt:
+            raise Interrupted("embed interrupted; nothing was written", "run the same command again") from None
+        meta = {
+            "backbone": backbone.identity(),
+            "preprocessing": preprocessing,
+            "data": image_set.describe(data_fingerprint),
+            "samples": [s.key for s in image_set.samples],
+            "calibration": {"size": int(tensors["calib.index"].numel()),
+                            "sample_images": int(tensors["calib.sample_index"].numel()), "seed": config.seed},
+            "config": {k: v for k, v in asdict(config).items() if k not in ("device", "workers", "batch_size")},
+            "tokens_dtype": config.dtype,
+            "cache_key": key,
+        }
+        dest = Path(out) if out is not None else cached
+        if dest is None:
+            raise InputError("nowhere to write the embeddings", "pass --out FILE or enable the cache")
+        save_artifact(dest, tensors, "embeddings", meta)
+        if cached is not None and dest != cached:
+            with atomic_path(cached) as tmp:
+                shutil.copyfile(dest, tmp)
     return EmbedResult(path=dest, from_cache=False, meta=read_metadata(dest))
+
+
+def _cache_hit(cached: Path | None, key: str, out: str | os.PathLike | None) -> EmbedResult | None:
+    """A verified cache entry for ``key`` (copied to ``out`` if given), or None."""
+    if cached is None or not cached.exists():
+        return None
+    try:  # a damaged entry is recomputed, never served
+        meta = load_artifact(cached, "embeddings").meta
+    except ArtifactError:
+        return None
+    if meta.get("cache_key") != key:
+        return None
+    info(f"[green]cache hit[/] embeddings {cached}")
+    dest = cached
+    if out is not None:
+        dest = Path(out)
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(cached, tmp)
+    return EmbedResult(path=dest, from_cache=True, meta=meta)
 
 
 def embed_data(backbone: str, data: str, weights: str | None = None, split: str | None = None,

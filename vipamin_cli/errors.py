@@ -31,3 +31,9 @@ class RuntimeFailure(VipaminError):
     """Something went wrong while running (NaN loss, disk full, device error): exit code 1."""
 
     exit_code = 1
+
+
+class Interrupted(VipaminError):
+    """Ctrl-C or SIGTERM: stopped cleanly; the message says what was kept and how to go on."""
+
+    exit_code = 130

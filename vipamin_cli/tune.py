@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .artifacts import Artifact, atomic_path, check_same_backbone, load_artifact, save_artifact
-from .errors import ArtifactError, InputError
+from .errors import ArtifactError, InputError, Interrupted
 from .train import (
     DEFAULT_PROMPTS,
     RunState,
@@ -223,8 +223,13 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
                 bar.advance(1, run=f"lr={cfg.lr:g} wd={cfg.weight_decay:g} seed={cfg.seed}", loss=f"{loss:.3f}",
                             lr_now=f"{lr:.2e}")
 
-            state = train_run(model, train_xy, val_xy, cfg, dev, state=state, optimizer_state=opt_state,
-                              on_epoch=save_progress, on_step=step if show_progress else None)
+            try:
+                state = train_run(model, train_xy, val_xy, cfg, dev, state=state, optimizer_state=opt_state,
+                                  on_epoch=save_progress, on_step=step if show_progress else None)
+            except KeyboardInterrupt:
+                kept = (f"{partial} keeps run {idx + 1}/{len(configs)} at its last completed epoch"
+                        if partial.exists() else "no epoch had completed, nothing was kept")
+                raise Interrupted(f"tune interrupted; {kept}", "run the same command with --resume") from None
             record = {"config": config_dict(cfg), "history": state.history, "best": state.best,
                       "final_val_top1": state.history[-1].get("val_top1") if state.history else None,
                       "final_train_loss": state.history[-1]["loss"]}
