@@ -66,14 +66,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                              "choose a writable --out location") from None
     if not os.access(parent, os.W_OK):
         raise InputError(f"output directory {parent} is not writable", "choose a writable --out location")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise InputError(f"cannot write to {parent}: {exc.strerror}", "choose a writable --out location") from None
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; artifacts get the usual permissions
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp (and safetensors) make 0600; use the usual mode
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, dest)
@@ -143,7 +146,7 @@ def load_artifact(path: str | os.PathLike, kind: str | tuple[str, ...] | None = 
     kinds = (kind,) if isinstance(kind, str) else kind
     if kinds and meta.get("kind") not in kinds:
         raise ArtifactError(f"{p} is a {meta.get('kind')} file, but {what} must be {' or '.join(kinds)}",
-                            f"pass a {kinds[0]} file")
+                            f"pass {'an' if kinds[0][0] in 'aeiou' else 'a'} {kinds[0]} file")
     try:
         tensors = load_file(str(p))
     except (SafetensorError, OSError, ValueError) as exc:

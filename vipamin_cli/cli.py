@@ -442,11 +442,16 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(exc.format_message().split())
         sys.stderr.write(f"error: {message}{where}\n")
         return 2
-    except cx.Abort:
+    except typer.Abort:
         sys.stderr.write("error: aborted\n")
         return 130
-    except (cx.Exit, typer.Exit) as exc:
+    except typer.Exit as exc:
         return int(getattr(exc, "exit_code", 0) or 0)
+    except VipaminError as exc:  # only with --debug: handle_errors re-raised it to show the traceback
+        import traceback
+
+        traceback.print_exc()
+        return exc.exit_code
     return result if isinstance(result, int) else 0
 
 

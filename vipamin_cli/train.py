@@ -206,7 +206,9 @@ def train_run(model: PromptedViT, train: tuple[torch.Tensor, torch.Tensor], val:
             if on_step is not None:
                 on_step(len(idx), lr, float(loss.detach()))
         mean_loss = float(total) / n
-        if not math.isfinite(mean_loss):
+        finite = all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+        if not math.isfinite(mean_loss) or not finite:
+            mean_loss = mean_loss if not math.isfinite(mean_loss) else float("nan")
             raise RuntimeFailure(f"the training loss became {mean_loss} in epoch {epoch + 1} (lr {lr:.3g}, "
                                  f"base lr {config.lr})", "lower --lr; the last good checkpoint is kept")
         record = {"epoch": epoch + 1, "lr": lr, "loss": mean_loss, "seconds": time.perf_counter() - start}
