@@ -525,4 +525,4 @@ def test_bad_input(case: Case, shared: SimpleNamespace, tmp_path: Path, monkeypa
         from vipamin_cli.artifacts import load_artifact
 
         kept = load_artifact(ctx.out / name, "checkpoint")
-        assert kept.meta["partial"] and kept.meta["current"]["state"]["epoch"] == 1
+        assert kept.meta["partial"] and kept.meta["current"]["states"][0]["epoch"] == 1

@@ -74,7 +74,7 @@ def test_sigterm_during_tune_keeps_last_epoch_and_resume_matches(inputs, tmp_pat
     assert stderr.count("\n") == 1 and stderr.startswith("error: tune interrupted") and "--resume" in stderr
     assert "Traceback" not in stderr
     assert partial.exists() and not out.exists()
-    assert load_artifact(partial).meta["current"]["state"]["epoch"] >= 1
+    assert load_artifact(partial).meta["current"]["states"][0]["epoch"] >= 1
     code, _, stderr = cli(*_tune_args(emb, prompts, out), "--resume")
     assert code == 0, stderr
     _same_tensors(reference, out)

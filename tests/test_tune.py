@@ -27,11 +27,12 @@ def emb(digits_dir, tmp_path_factory):
                           use_cache=False, config=EmbedConfig(calib_size=64)).path for s in ("train", "val", "test")}
 
 
-def _tune(emb, out, lrs=(1.0,), seeds=(42,), init="random", **cfg):
+def _tune(emb, out, lrs=(1.0,), seeds=(42,), init="random", grid_batch=None, **cfg):
     base = TuneConfig(**({"epochs": 3, "warmup_epochs": 1, "prompt_dropout": 0.1} | cfg))
     inputs = TuneInputs(embeddings=emb["train"], val_embeddings=emb["val"],
                         init=InitConfig(method=init, prompt_length=cfg.pop("p", 5)))
-    return tune(inputs, base, list(lrs), [0.01], list(seeds), out, device="cpu", show_progress=False)
+    return tune(inputs, base, list(lrs), [0.01], list(seeds), out, device="cpu", show_progress=False,
+                grid_batch=grid_batch)
 
 
 def test_digits_accuracy_far_above_chance(full_digits_dir, tmp_path) -> None:
@@ -152,7 +153,7 @@ def test_metrics_on_a_known_case() -> None:
 
 
 def test_resume_after_interruption_equals_uninterrupted(emb, tmp_path) -> None:
-    full = _tune(emb, tmp_path / "full.safetensors", epochs=4, arch="vapt", seeds=(42, 44))
+    full = _tune(emb, tmp_path / "full.safetensors", epochs=4, arch="vapt", seeds=(42, 44), grid_batch=1)
 
     def stop(run_index, state):
         if run_index == 0 and state.epoch == 2 or run_index == 1 and state.epoch == 1:
@@ -163,14 +164,15 @@ def test_resume_after_interruption_equals_uninterrupted(emb, tmp_path) -> None:
     inputs = TuneInputs(embeddings=emb["train"], val_embeddings=emb["val"], prompts=full.sweep and
                         tmp_path / "full.prompts.safetensors")
     with pytest.raises(Interrupted, match="--resume"):
-        tune(inputs, base, [1.0], [0.01], [42, 44], out, device="cpu", show_progress=False, on_epoch=stop)
+        tune(inputs, base, [1.0], [0.01], [42, 44], out, device="cpu", show_progress=False, on_epoch=stop,
+             grid_batch=1)
     partial = tmp_path / "cut.partial.safetensors"
     assert partial.exists() and not out.exists()
-    assert load_artifact(partial).meta["current"]["state"]["epoch"] == 2
+    assert load_artifact(partial).meta["current"]["states"][0]["epoch"] == 2
     with pytest.raises(Interrupted):
         tune(inputs, base, [1.0], [0.01], [42, 44], out, device="cpu", show_progress=False, resume=True,
-             on_epoch=stop)
-    tune(inputs, base, [1.0], [0.01], [42, 44], out, device="cpu", show_progress=False, resume=True)
+             on_epoch=stop, grid_batch=1)
+    tune(inputs, base, [1.0], [0.01], [42, 44], out, device="cpu", show_progress=False, resume=True, grid_batch=1)
     a, b = load_artifact(tmp_path / "full.safetensors"), load_artifact(out)
     assert a.tensors.keys() == b.tensors.keys() and len(a.tensors) > 4
     for k in a.tensors:
@@ -231,7 +233,54 @@ def test_nan_loss_keeps_last_good_checkpoint(emb, tmp_path, cli) -> None:
     assert "lower --lr" in stderr and not out.exists()
     partial = tmp_path / "nan.partial.safetensors"
     art = load_artifact(partial)  # the last good epoch (epoch 1 trains at lr 0) is kept and loads cleanly
-    assert art.meta["current"]["state"]["epoch"] >= 1
+    assert art.meta["current"]["states"][0]["epoch"] >= 1
     assert all(torch.isfinite(v).all() for k, v in art.tensors.items() if v.is_floating_point())
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("arch", ["vpt-shallow", "vpt-deep", "vapt"])
+def test_grid_batched_sweep_equals_one_by_one(emb, tmp_path, arch) -> None:
+    """Every configuration of a grid-batched sweep ends where it would alone (same seed, same batches)."""
+    kw = {"epochs": 3, "arch": arch, "prompt_dropout": 0.0, "lrs": (0.1, 1.0, 3.0), "seeds": (42, 44)}
+    if arch == "vapt":
+        kw["vapt_dropout"] = 0.0  # with dropout the grid draws its masks from one stream for the group
+    grid = _tune(emb, tmp_path / "grid.safetensors", **kw)
+    solo = _tune(emb, tmp_path / "solo.safetensors", grid_batch=1, **kw)
+    assert len(grid.sweep["runs"]) == len(solo.sweep["runs"]) == 6
+    for g, s in zip(grid.sweep["runs"], solo.sweep["runs"], strict=True):
+        assert g["config"] == s["config"]
+        assert [h["loss"] for h in g["history"]] == pytest.approx([h["loss"] for h in s["history"]], rel=1e-4)
+    for gm, sm in zip(grid.models, solo.models, strict=True):
+        for (name, a), (_, b) in zip(gm.named_parameters(), sm.named_parameters(), strict=True):
+            if not name.startswith("vit."):
+                torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
+    assert grid.sweep["chosen"] == solo.sweep["chosen"]
+
+
+def test_grid_resume_after_interruption(emb, tmp_path) -> None:
+    kw = {"epochs": 4, "prompt_dropout": 0.0, "lrs": (0.5, 1.0), "seeds": (42,)}
+    _tune(emb, tmp_path / "full.safetensors", **kw)
+
+    def stop(first_index, state):
+        if state.epoch == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "cut.safetensors"
+    base = TuneConfig(epochs=4, warmup_epochs=1, prompt_dropout=0.0)
+    inputs = TuneInputs(embeddings=emb["train"], val_embeddings=emb["val"],
+                        prompts=tmp_path / "full.prompts.safetensors")
+    with pytest.raises(Interrupted):
+        tune(inputs, base, [0.5, 1.0], [0.01], [42], out, device="cpu", show_progress=False, on_epoch=stop)
+    assert load_artifact(tmp_path / "cut.partial.safetensors").meta["current"]["indices"] == [0, 1]
+    tune(inputs, base, [0.5, 1.0], [0.01], [42], out, device="cpu", show_progress=False, resume=True)
+    a, b = load_artifact(tmp_path / "full.safetensors"), load_artifact(out)
+    for k in a.tensors:
+        assert torch.equal(a.tensors[k], b.tensors[k]), k
+
+
+def test_sweep_survives_a_diverging_configuration(emb, tmp_path) -> None:
+    outcome = _tune(emb, tmp_path / "d.safetensors", lrs=(1.0, 1e32), epochs=3, batch_size=8)
+    runs = {r["config"]["lr"]: r for r in outcome.sweep["runs"]}
+    assert runs[1e32]["diverged"] and runs[1e32]["final_val_top1"] == 0.0
+    assert not runs[1.0]["diverged"] and outcome.sweep["chosen"]["lr"] == 1.0

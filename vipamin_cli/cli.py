@@ -285,10 +285,15 @@ def tune(
                                                   "are generated (earlier blocks keep the incoming ones).")] = 1,
     vapt_per_channel: Annotated[bool, typer.Option("--vapt-per-channel", help="VAPT: one kernel per channel "
                                                    "instead of one shared kernel.")] = False,
+    vapt_dropout: Annotated[float, typer.Option("--vapt-dropout", help="VAPT: dropout after the conv and in "
+                                                "the projector.")] = 0.1,
     head_init: Annotated[str, typer.Option("--head-init", help="kaiming (normal, fan_out) | zeros; bias 0.")]
     = "kaiming",
     calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images when embedding.")] = 256,
     val_every: Annotated[int, typer.Option("--val-every", help="Validate every N epochs.")] = 1,
+    grid_batch: Annotated[int | None, typer.Option("--grid-batch", help="Train at most N configurations of a "
+                                                   "sweep together in one pass over the backbone (default: all; "
+                                                   "1 = one after another). Bounds memory.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint file.")] = Path("checkpoint.safetensors"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same command.")]
     = False,
@@ -309,7 +314,8 @@ def tune(
     base = TuneConfig(arch=arch, pool=pool, epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size,
                       optimizer=optimizer, prompt_dropout=prompt_dropout, seed=seed, vapt_hidden=vapt_hidden,
                       vapt_kernel=vapt_kernel, vapt_first_block=vapt_first_block,
-                      vapt_per_channel=vapt_per_channel, head_init=head_init, val_every=val_every)
+                      vapt_per_channel=vapt_per_channel, vapt_dropout=vapt_dropout, head_init=head_init,
+                      val_every=val_every)
     init_cfg = InitConfig(method=init_method, prompt_length=prompt_length, seed=init_seed, k=k, lam=lam,
                           sample=sample, device=device)
     inputs = TuneInputs(embeddings=embeddings, backbone=backbone, data=data, weights=weights, split=split,
@@ -318,7 +324,7 @@ def tune(
                         cache_dir=cache_dir)
     seed_list = _numbers(seeds, "--seeds", int) if seeds else [seed]
     outcome = run_tune(inputs, base, _numbers(lr, "--lr"), _numbers(weight_decay, "--weight-decay"), seed_list,
-                       out, device=device, resume=resume)
+                       out, device=device, resume=resume, grid_batch=grid_batch)
     typer.echo(str(outcome.checkpoint))
 
 

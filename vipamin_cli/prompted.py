@@ -108,3 +108,37 @@ class PromptedViT(nn.Module):
         from .embed import block0_tokens
 
         return self.forward(block0_tokens(self.vit, images))
+
+
+def grid_forward(models: list[PromptedViT], tokens: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Run several prompted models that share one frozen backbone in a single pass.
+
+    Each model's batch gets its own prompts; the chunks are stacked along the batch dimension so
+    every block runs once for all of them. Attention and LayerNorm act per sample, so each chunk's
+    result is what that model alone would compute. All models need the same prompt count.
+    """
+    first = models[0]
+    npf, npr = first.num_prefix, first.num_prompts
+    if any(m.num_prompts != npr or m.vit is not first.vit for m in models):
+        raise ValueError("grid models must share the backbone and the prompt count")
+    sizes = [t.shape[0] for t in tokens]
+    chunks = [t.float() for t in tokens]
+    x: torch.Tensor | None = None
+    for b, blk in enumerate(first.vit.blocks):
+        if x is not None:
+            chunks = list(x.split(sizes))
+        new = [m._block_prompts(b, c) for m, c in zip(models, chunks, strict=True)]
+        if x is None or any(p is not None for p in new):
+            parts = []
+            for c, p in zip(chunks, new, strict=True):
+                if p is not None:
+                    rest = c[:, npf:] if b == 0 else c[:, npf + npr:]
+                    c = torch.cat([c[:, :npf], p.to(c.dtype), rest], dim=1)
+                parts.append(c)
+            x = torch.cat(parts) if len(parts) > 1 else parts[0]
+        x = blk(x)
+    outs = []
+    for m, c in zip(models, x.split(sizes), strict=True):
+        feats = m.pool_tokens(c)
+        outs.append(m.head(feats) if m.head is not None else feats)
+    return outs

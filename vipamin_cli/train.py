@@ -43,6 +43,7 @@ class TuneConfig:
     vapt_kernel: int = 2
     vapt_first_block: int = 1
     vapt_per_channel: bool = False
+    vapt_dropout: float = 0.1  # Dropout2d after the conv and dropout in the projector's hidden layer
     head_init: str = "kaiming"  # kaiming (normal, fan_out) | zeros; bias 0 either way
     val_every: int = 1
 
@@ -95,7 +96,7 @@ def build_model(vit: nn.Module, prompts: torch.Tensor, num_classes: int, config:
             adaptive = VaptPromptGenerator(int(vit.embed_dim), len(vit.blocks), grid, int(prompts.shape[-2]),
                                            hidden=config.vapt_hidden, kernel=config.vapt_kernel,
                                            first_block=config.vapt_first_block,
-                                           per_channel=config.vapt_per_channel)
+                                           per_channel=config.vapt_per_channel, dropout=config.vapt_dropout)
         model = PromptedViT(vit, prompts, pool=pool, prompt_dropout=config.prompt_dropout,
                             num_classes=num_classes, adaptive=adaptive)
         if config.head_init == "zeros":
@@ -168,59 +169,100 @@ class RunState:
     best: dict[str, float] | None = None
 
 
-def train_run(model: PromptedViT, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor]
-              | None, config: TuneConfig, device: torch.device, state: RunState | None = None,
-              optimizer_state: dict[str, torch.Tensor] | None = None,
-              on_epoch: Callable[[PromptedViT, torch.optim.Optimizer, RunState], None] | None = None,
-              on_step: Callable[[int, float, float], None] | None = None) -> RunState:
-    """Train ``model`` for the remaining epochs of ``config``; calls ``on_epoch`` after each one."""
-    state = state or RunState()
-    model.to(device)
-    opt = make_optimizer(model, config)
-    if optimizer_state:
-        load_optimizer_tensors(opt, optimizer_state)
+def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, torch.Tensor],
+                val: tuple[torch.Tensor, torch.Tensor] | None, configs: list[TuneConfig], device: torch.device,
+                states: list[RunState] | None = None, optimizer_states: list[dict[str, torch.Tensor] | None] | None
+                = None, on_epoch: Callable[[list[PromptedViT], list[torch.optim.Optimizer], list[RunState]], None]
+                | None = None, on_step: Callable[[int, torch.Tensor], None] | None = None,
+                tolerate_divergence: bool = False) -> list[RunState]:
+    """Train several configurations in one loop over one frozen backbone (grid batching).
+
+    Each configuration keeps its own prompts, head, optimizer, schedule, batch order and seed; the
+    backbone runs once per step on the stacked batches of all of them. A configuration trained in
+    a group of one is exactly a solo run. With ``tolerate_divergence`` (a sweep) a configuration
+    whose loss or weights become non-finite stops updating and is recorded as diverged; otherwise
+    that is an error.
+    """
+    from .prompted import grid_forward
+
+    group = len(models)
+    base = configs[0]
+    if any((c.epochs, c.warmup_epochs, c.batch_size) != (base.epochs, base.warmup_epochs, base.batch_size)
+           for c in configs):
+        raise ValueError("a training group shares epochs, warm-up and batch size")
+    states = states or [RunState() for _ in models]
+    for m in models:
+        m.to(device)
+    opts = [make_optimizer(m, c) for m, c in zip(models, configs, strict=True)]
+    for opt, st in zip(opts, optimizer_states or [None] * group, strict=True):
+        if st:
+            load_optimizer_tensors(opt, st)
+    alive = [not (st.history and st.history[-1].get("diverged")) for st in states]
     tokens, labels = train
     n = tokens.shape[0]
     loss_fn = nn.CrossEntropyLoss()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for epoch in range(state.epoch, config.epochs):
-        lr = config.effective_lr * lr_factor(epoch, config.warmup_epochs, config.epochs)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout draws
-        order = torch.randperm(n, generator=gen)
-        model.train()
+    for epoch in range(states[0].epoch, base.epochs):
+        lrs = [c.effective_lr * lr_factor(epoch, base.warmup_epochs, base.epochs) for c in configs]
+        for opt, lr in zip(opts, lrs, strict=True):
+            for param_group in opt.param_groups:
+                param_group["lr"] = lr
+        orders = [torch.randperm(n, generator=torch.Generator().manual_seed(c.seed * 1_000_003 + epoch))
+                  for c in configs]
+        torch.manual_seed(base.seed * 1_000_003 + epoch)  # dropout draws (a solo run: its own seed)
+        for m in models:
+            m.train()
         start = time.perf_counter()
-        total = torch.zeros((), device=device)
-        for i in range(0, n, config.batch_size):
-            idx = order[i: i + config.batch_size]
-            x = tokens[idx.to(tokens.device)].to(device, non_blocking=True)
-            y = labels[idx.to(labels.device)].to(device, non_blocking=True)
+        totals = torch.zeros(group, device=device)
+        for i in range(0, n, base.batch_size):
+            idx = [o[i: i + base.batch_size] for o in orders]
+            xs = [tokens[j.to(tokens.device)].to(device, non_blocking=True) for j in idx]
+            ys = [labels[j.to(labels.device)].to(device, non_blocking=True) for j in idx]
             with autocast:
-                loss = loss_fn(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach() * len(idx)
+                logits = grid_forward(models, xs) if group > 1 else [models[0](xs[0])]
+            losses = torch.stack([loss_fn(lg.float(), y) for lg, y in zip(logits, ys, strict=True)])
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            for opt, ok in zip(opts, alive, strict=True):
+                if ok:
+                    opt.step()
+            totals += losses.detach() * len(idx[0])
             if on_step is not None:
-                on_step(len(idx), lr, float(loss.detach()))
-        mean_loss = float(total) / n
-        finite = all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
-        if not math.isfinite(mean_loss) or not finite:
-            mean_loss = mean_loss if not math.isfinite(mean_loss) else float("nan")
-            raise RuntimeFailure(f"the training loss became {mean_loss} in epoch {epoch + 1} (lr {lr:.3g}, "
-                                 f"base lr {config.lr})", "lower --lr; the last good checkpoint is kept")
-        record = {"epoch": epoch + 1, "lr": lr, "loss": mean_loss, "seconds": time.perf_counter() - start}
-        if val is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
-            record["val_top1"] = top1(predict(model, val[0], device), val[1])
-            if state.best is None or record["val_top1"] > state.best["val_top1"]:
-                state.best = {"epoch": epoch + 1, "val_top1": record["val_top1"]}
-        state.history.append(record)
-        state.epoch = epoch + 1
+                on_step(len(idx[0]), losses.detach())
+        mean_losses = (totals / n).tolist()  # one host sync per epoch
+        seconds = time.perf_counter() - start
+        for g, (m, c, st) in enumerate(zip(models, configs, states, strict=True)):
+            record: dict[str, Any] = {"epoch": epoch + 1, "lr": lrs[g], "loss": mean_losses[g], "seconds": seconds}
+            finite = math.isfinite(mean_losses[g]) and all(
+                bool(torch.isfinite(p).all()) for p in m.parameters() if p.requires_grad)
+            if alive[g] and not finite:
+                if not tolerate_divergence:
+                    raise RuntimeFailure(f"the training loss became nan in epoch {epoch + 1} (lr {lrs[g]:.3g}, "
+                                         f"base lr {c.lr})", "lower --lr; the last good checkpoint is kept")
+                alive[g] = False
+            if not alive[g]:
+                record.update(diverged=True, loss=float("nan"))
+                if val is not None:
+                    record["val_top1"] = 0.0
+            elif val is not None and ((epoch + 1) % c.val_every == 0 or epoch + 1 == c.epochs):
+                record["val_top1"] = top1(predict(m, val[0], device), val[1])
+                if st.best is None or record["val_top1"] > st.best["val_top1"]:
+                    st.best = {"epoch": epoch + 1, "val_top1": record["val_top1"]}
+            st.history.append(record)
+            st.epoch = epoch + 1
+        if tolerate_divergence and not any(alive):
+            raise RuntimeFailure(f"every configuration diverged by epoch {epoch + 1}", "lower the --lr values")
         if on_epoch is not None:
-            on_epoch(model, opt, state)
-    return state
+            on_epoch(models, opts, states)
+    return states
+
+
+def train_run(model: PromptedViT, train: tuple[torch.Tensor, torch.Tensor],
+              val: tuple[torch.Tensor, torch.Tensor] | None, config: TuneConfig, device: torch.device,
+              state: RunState | None = None) -> RunState:
+    """One configuration on its own (a group of one)."""
+    return train_group([model], train, val, [config], device, states=[state] if state else None)[0]
 
 
 def config_dict(config: TuneConfig) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from .train import (
     build_model,
     config_dict,
     optimizer_tensors,
-    train_run,
+    train_group,
     trainable_state,
 )
 from .ui import err_console, info, progress_bar
@@ -135,8 +135,12 @@ def _partial_path(out: Path) -> Path:
 
 def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: list[float], seeds: list[int],
          out: str | os.PathLike, device: str = "auto", resume: bool = False, show_progress: bool = True,
-         on_epoch: Any = None) -> TuneOutcome:
-    """Train every (lr, weight decay, seed) configuration, select on validation, write the checkpoint."""
+         on_epoch: Any = None, grid_batch: int | None = None) -> TuneOutcome:
+    """Train every (lr, weight decay, seed) configuration, select on validation, write the checkpoint.
+
+    Configurations are trained ``grid_batch`` at a time in one loop over the frozen backbone
+    (default: all at once); ``grid_batch=1`` trains them one after another.
+    """
     from .backbones import load_backbone_from_identity
     from .embed import resolve_device
 
@@ -165,13 +169,16 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
     train_xy = (_device_tokens(train["tokens"], dev), train["labels"].to(dev if dev.type == "cuda" else "cpu"))
     val_xy = (val["tokens"], val["labels"]) if val is not None else None
 
+    tolerate = len(configs) > 1
+    grid_batch = max(1, min(grid_batch or len(configs), len(configs)))
     signature = {"configs": [config_dict(c) for c in configs], "train": train.meta["digest"],
                  "val": val.meta["digest"] if val is not None else None, "init": init_source["digest"],
-                 "pool": pool}
+                 "pool": pool, "grid_batch": grid_batch}
     partial = _partial_path(out)
     done: list[dict[str, Any]] = []
     done_tensors: dict[str, torch.Tensor] = {}
     current: dict[str, Any] | None = None
+    current_tensors: dict[str, torch.Tensor] = {}
     if resume:
         if not partial.exists():
             raise InputError(f"nothing to resume: {partial} does not exist", "run without --resume")
@@ -182,9 +189,9 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
         done = part.meta["done"]
         done_tensors = {k: v for k, v in part.tensors.items() if k.startswith("done")}
         current = part.meta.get("current")
-        current_tensors = {k[len("cur."):]: v for k, v in part.tensors.items() if k.startswith("cur.")}
-        info(f"resuming: {len(done)} of {len(configs)} runs done, current run at epoch "
-             f"{current['state']['epoch'] if current else 0}")
+        current_tensors = {k: v for k, v in part.tensors.items() if k.startswith("cur")}
+        info(f"resuming: {len(done)} of {len(configs)} runs done, current group at epoch "
+             f"{current['states'][0]['epoch'] if current else 0}")
 
     common_meta = {"backbone": identity, "preprocessing": train.meta["preprocessing"], "data": train.meta["data"],
                    "embeddings": {"train": train.meta["digest"], "val": val.meta["digest"] if val else None,
@@ -195,48 +202,61 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
 
     models: dict[int, Any] = {}
     steps_per_epoch = -(-train_xy[0].shape[0] // base.batch_size)
-    total_steps = sum(c.epochs for c in configs) * steps_per_epoch
+    total_steps = -(-len(configs) // grid_batch) * base.epochs * steps_per_epoch
     with progress_bar("tune", total_steps, show_progress) as bar:
-        bar.advance(sum(configs[i].epochs for i in range(len(done))) * steps_per_epoch)
-        for idx in range(len(done), len(configs)):
-            cfg = configs[idx]
-            model = build_model(backbone.model, prompts, num_classes, cfg, pool, grid)
-            state, opt_state = RunState(), None
-            if current is not None and current["index"] == idx:
-                model.load_state_dict(
-                    {k: v for k, v in current_tensors.items() if not k.startswith("optim.")}, strict=False)
-                opt_state = {k[len("optim."):]: v for k, v in current_tensors.items() if k.startswith("optim.")}
-                state = RunState(**current["state"])
-                bar.advance(state.epoch * steps_per_epoch)
+        bar.advance((len(done) // grid_batch) * base.epochs * steps_per_epoch)
+        for first in range(len(done), len(configs), grid_batch):
+            indices = list(range(first, min(first + grid_batch, len(configs))))
+            group_cfgs = [configs[i] for i in indices]
+            group = [build_model(backbone.model, prompts, num_classes, c, pool, grid) for c in group_cfgs]
+            states, opt_states = None, None
+            if current is not None and current["indices"] == indices:
+                states, opt_states = [], []
+                for g, m in enumerate(group):
+                    mine = {k[len(f"cur{g}."):]: v for k, v in current_tensors.items() if k.startswith(f"cur{g}.")}
+                    m.load_state_dict({k: v for k, v in mine.items() if not k.startswith("optim.")}, strict=False)
+                    opt_states.append({k[len("optim."):]: v for k, v in mine.items() if k.startswith("optim.")})
+                    states.append(RunState(**current["states"][g]))
+                bar.advance(states[0].epoch * steps_per_epoch)
 
-            def save_progress(m, opt, st, idx=idx, cfg=cfg):
+            def save_progress(ms, opts, sts, indices=indices):
                 tensors = dict(done_tensors)
-                tensors.update({f"cur.{k}": v for k, v in trainable_state(m).items()})
-                tensors.update({f"cur.optim.{k}": v for k, v in optimizer_tensors(opt).items()})
+                for g, (m, opt) in enumerate(zip(ms, opts, strict=True)):
+                    tensors.update({f"cur{g}.{k}": v for k, v in trainable_state(m).items()})
+                    tensors.update({f"cur{g}.optim.{k}": v for k, v in optimizer_tensors(opt).items()})
                 meta = common_meta | {"partial": True, "signature": signature, "done": done,
-                                      "current": {"index": idx, "state": vars(st)}}
+                                      "current": {"indices": indices, "states": [vars(st) for st in sts]}}
                 save_artifact(partial, tensors, "checkpoint", meta)
                 if on_epoch is not None:
-                    on_epoch(idx, st)
+                    on_epoch(indices[0], sts[0])
 
-            def step(n, lr, loss, cfg=cfg):
-                bar.advance(1, run=f"lr={cfg.lr:g} wd={cfg.weight_decay:g} seed={cfg.seed}", loss=f"{loss:.3f}",
-                            lr_now=f"{lr:.2e}")
+            counter = {"steps": 0}
+
+            def step(n, losses, cfgs=group_cfgs, counter=counter):
+                counter["steps"] += 1
+                if counter["steps"] % 10 == 0:  # reading the loss syncs the device: only now and then
+                    label = (f"lr={cfgs[0].lr:g} wd={cfgs[0].weight_decay:g} seed={cfgs[0].seed}" if len(cfgs) == 1
+                             else f"{len(cfgs)} configs")
+                    bar.advance(10, run=label, loss=f"{float(losses.float().mean()):.3f}")
 
             try:
-                state = train_run(model, train_xy, val_xy, cfg, dev, state=state, optimizer_state=opt_state,
-                                  on_epoch=save_progress, on_step=step if show_progress else None)
+                states = train_group(group, train_xy, val_xy, group_cfgs, dev, states=states,
+                                     optimizer_states=opt_states, on_epoch=save_progress,
+                                     on_step=step if show_progress else None, tolerate_divergence=tolerate)
             except KeyboardInterrupt:
-                kept = (f"{partial} keeps run {idx + 1}/{len(configs)} at its last completed epoch"
-                        if partial.exists() else "no epoch had completed, nothing was kept")
+                kept = (f"{partial} keeps runs {indices[0] + 1}-{indices[-1] + 1} of {len(configs)} at their last "
+                        "completed epoch" if partial.exists() else "no epoch had completed, nothing was kept")
                 raise Interrupted(f"tune interrupted; {kept}", "run the same command with --resume") from None
-            record = {"config": config_dict(cfg), "history": state.history, "best": state.best,
-                      "final_val_top1": state.history[-1].get("val_top1") if state.history else None,
-                      "final_train_loss": state.history[-1]["loss"]}
-            done.append(record)
-            done_tensors.update({f"done{idx}.{k}": v for k, v in trainable_state(model).items()})
+            if show_progress:
+                bar.advance(counter["steps"] % 10)
+            for i, m, st, c in zip(indices, group, states, group_cfgs, strict=True):
+                done.append({"config": config_dict(c), "history": st.history, "best": st.best,
+                             "final_val_top1": st.history[-1].get("val_top1") if st.history else None,
+                             "final_train_loss": st.history[-1]["loss"],
+                             "diverged": bool(st.history and st.history[-1].get("diverged"))})
+                done_tensors.update({f"done{i}.{k}": v for k, v in trainable_state(m).items()})
+                models[i] = m.cpu()
             current = None
-            models[idx] = model.cpu()
 
     chosen = select(done) if val is not None else (configs[0].lr, configs[0].weight_decay)
     selected = [i for i, r in enumerate(done)
