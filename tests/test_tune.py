@@ -284,3 +284,29 @@ def test_sweep_survives_a_diverging_configuration(emb, tmp_path) -> None:
     runs = {r["config"]["lr"]: r for r in outcome.sweep["runs"]}
     assert runs[1e32]["diverged"] and runs[1e32]["final_val_top1"] == 0.0
     assert not runs[1.0]["diverged"] and outcome.sweep["chosen"]["lr"] == 1.0
+
+
+def test_fast_paths_match_eager_fp32(emb, tmp_path) -> None:
+    """Compiled blocks equal eager; bf16 autocast stays within bf16 tolerance (both on CPU)."""
+    from vipamin_cli.train import train_group
+
+    train = (load_artifact(emb["train"])["tokens"], load_artifact(emb["train"])["labels"])
+    test = load_artifact(emb["test"])
+    prompts = torch.randn(5, 64, generator=torch.Generator().manual_seed(0)) * 0.05
+    cfg = TuneConfig(epochs=2, warmup_epochs=0, lr=0.5)
+
+    def run(**kw):
+        vit = load_backbone("vit-tiny-test").model
+        model = build_model(vit, prompts, 10, cfg, "cls", (4, 4))
+        state = train_group([model], train, None, [cfg], torch.device("cpu"), **kw)[0]
+        return model, [h["loss"] for h in state.history]
+
+    eager, eager_loss = run()
+    compiled, compiled_loss = run(compile_blocks=True)
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
+    torch.testing.assert_close(compiled.prompts, eager.prompts, rtol=1e-3, atol=1e-4)
+    bf16, bf16_loss = run(precision="bf16")
+    assert bf16_loss == pytest.approx(eager_loss, rel=0.05)
+    agree = (predict(bf16, test["tokens"], torch.device("cpu")).argmax(1)
+             == predict(eager, test["tokens"], torch.device("cpu")).argmax(1)).float().mean()
+    assert float(agree) > 0.9

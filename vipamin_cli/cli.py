@@ -291,6 +291,10 @@ def tune(
     = "kaiming",
     calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images when embedding.")] = 256,
     val_every: Annotated[int, typer.Option("--val-every", help="Validate every N epochs.")] = 1,
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU) | "
+                                           "bf16 | fp32.")] = "auto",
+    compile_: Annotated[str, typer.Option("--compile", help="torch.compile the frozen blocks: auto (on for "
+                                          "CUDA) | on | off.")] = "auto",
     grid_batch: Annotated[int | None, typer.Option("--grid-batch", help="Train at most N configurations of a "
                                                    "sweep together in one pass over the backbone (default: all; "
                                                    "1 = one after another). Bounds memory.")] = None,
@@ -324,7 +328,8 @@ def tune(
                         cache_dir=cache_dir)
     seed_list = _numbers(seeds, "--seeds", int) if seeds else [seed]
     outcome = run_tune(inputs, base, _numbers(lr, "--lr"), _numbers(weight_decay, "--weight-decay"), seed_list,
-                       out, device=device, resume=resume, grid_batch=grid_batch)
+                       out, device=device, resume=resume, grid_batch=grid_batch, precision=precision,
+                       compile_mode=compile_)
     typer.echo(str(outcome.checkpoint))
 
 

@@ -107,8 +107,11 @@ def build_model(vit: nn.Module, prompts: torch.Tensor, num_classes: int, config:
     return model
 
 
-def make_optimizer(model: PromptedViT, config: TuneConfig) -> torch.optim.Optimizer:
-    """Weight decay on prompts, head weight and VAPT weights; none on biases and norms."""
+def make_optimizer(model: PromptedViT, config: TuneConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """Weight decay on prompts, head weight and VAPT weights; none on biases and norms.
+
+    ``fused`` selects PyTorch's fused CUDA kernel (one launch for all parameters).
+    """
     decay, no_decay = [], []
     for p in model.parameters():
         if not p.requires_grad:
@@ -117,7 +120,8 @@ def make_optimizer(model: PromptedViT, config: TuneConfig) -> torch.optim.Optimi
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.effective_lr, momentum=0.9)
-    return torch.optim.AdamW(groups, lr=config.effective_lr, betas=(0.9, 0.999), eps=1e-6)
+    return torch.optim.AdamW(groups, lr=config.effective_lr, betas=(0.9, 0.999), eps=1e-6,
+                             **({"fused": True} if fused else {}))
 
 
 def trainable_state(model: PromptedViT) -> dict[str, torch.Tensor]:
@@ -142,6 +146,24 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
         state.setdefault(int(i), {})[k] = v
     sd["state"] = state
     opt.load_state_dict(sd)
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def precision_context(precision: str, device: torch.device) -> torch.autocast:
+    """bf16 autocast (auto: on CUDA only) or plain fp32."""
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown --precision '{precision}'", "use auto, bf16 or fp32")
+    on = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+
+
+def compile_backbone(vit: nn.Module) -> None:
+    """torch.compile each frozen block in place (once); the prompt splicing stays eager."""
+    for blk in vit.blocks:
+        if getattr(blk, "_compiled_call_impl", None) is None:
+            blk.compile()
 
 
 @torch.no_grad()
@@ -174,7 +196,8 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, torch.Tens
                 states: list[RunState] | None = None, optimizer_states: list[dict[str, torch.Tensor] | None] | None
                 = None, on_epoch: Callable[[list[PromptedViT], list[torch.optim.Optimizer], list[RunState]], None]
                 | None = None, on_step: Callable[[int, torch.Tensor], None] | None = None,
-                tolerate_divergence: bool = False) -> list[RunState]:
+                tolerate_divergence: bool = False, precision: str = "auto", compile_blocks: bool = False
+                ) -> list[RunState]:
     """Train several configurations in one loop over one frozen backbone (grid batching).
 
     Each configuration keeps its own prompts, head, optimizer, schedule, batch order and seed; the
@@ -193,7 +216,9 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, torch.Tens
     states = states or [RunState() for _ in models]
     for m in models:
         m.to(device)
-    opts = [make_optimizer(m, c) for m, c in zip(models, configs, strict=True)]
+    if compile_blocks:
+        compile_backbone(models[0].vit)
+    opts = [make_optimizer(m, c, fused=device.type == "cuda") for m, c in zip(models, configs, strict=True)]
     for opt, st in zip(opts, optimizer_states or [None] * group, strict=True):
         if st:
             load_optimizer_tensors(opt, st)
@@ -201,7 +226,7 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, torch.Tens
     tokens, labels = train
     n = tokens.shape[0]
     loss_fn = nn.CrossEntropyLoss()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = precision_context(precision, device)
     for epoch in range(states[0].epoch, base.epochs):
         lrs = [c.effective_lr * lr_factor(epoch, base.warmup_epochs, base.epochs) for c in configs]
         for opt, lr in zip(opts, lrs, strict=True):

@@ -135,7 +135,8 @@ def _partial_path(out: Path) -> Path:
 
 def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: list[float], seeds: list[int],
          out: str | os.PathLike, device: str = "auto", resume: bool = False, show_progress: bool = True,
-         on_epoch: Any = None, grid_batch: int | None = None) -> TuneOutcome:
+         on_epoch: Any = None, grid_batch: int | None = None, precision: str = "auto",
+         compile_mode: str = "auto") -> TuneOutcome:
     """Train every (lr, weight decay, seed) configuration, select on validation, write the checkpoint.
 
     Configurations are trained ``grid_batch`` at a time in one loop over the frozen backbone
@@ -149,6 +150,9 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
     for c in configs:
         c.validate()
     dev = resolve_device(device)
+    if compile_mode not in ("auto", "on", "off"):
+        raise InputError(f"unknown --compile '{compile_mode}'", "use auto, on or off")
+    compile_blocks = compile_mode == "on" or (compile_mode == "auto" and dev.type == "cuda")
     train = _embeddings(inputs, inputs.split, inputs.embeddings, "tune")
     val = None
     if inputs.val_embeddings is not None or inputs.val is not None:
@@ -242,7 +246,8 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
             try:
                 states = train_group(group, train_xy, val_xy, group_cfgs, dev, states=states,
                                      optimizer_states=opt_states, on_epoch=save_progress,
-                                     on_step=step if show_progress else None, tolerate_divergence=tolerate)
+                                     on_step=step if show_progress else None, tolerate_divergence=tolerate,
+                                     precision=precision, compile_blocks=compile_blocks)
             except KeyboardInterrupt:
                 kept = (f"{partial} keeps runs {indices[0] + 1}-{indices[-1] + 1} of {len(configs)} at their last "
                         "completed epoch" if partial.exists() else "no epoch had completed, nothing was kept")
