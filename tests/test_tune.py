@@ -36,7 +36,8 @@ def _tune(emb, out, lrs=(1.0,), seeds=(42,), init="random", grid_batch=None, **c
 
 
 def test_digits_accuracy_far_above_chance(full_digits_dir, tmp_path) -> None:
-    # Measured on this CPU: 89.7 % test top-1 (P=10, 10 epochs, VIPAMIN init); chance is 10 %.
+    # Measured (2-core CPU, this exact configuration): 88.6 % test top-1, 88.0 % val; chance is 10 %.
+    # The threshold leaves a margin of about 13 points for platform differences.
     paths = {s: embed_data("vit-tiny-test", str(full_digits_dir), split=s).path for s in ("train", "val", "test")}
     inputs = TuneInputs(embeddings=paths["train"], val_embeddings=paths["val"],
                         init=InitConfig(method="vipamin", prompt_length=10))

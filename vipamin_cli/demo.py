@@ -99,7 +99,10 @@ def run_demo(out_dir: str | os.PathLike = "demo-out", device: str = "auto", epoc
                      "init_s": t1 - t0, "tune_s": t2 - t1, "eval_s": t3 - t2})
     summary = {"embed_s": embed_seconds, "settings": {"backbone": DEMO_BACKBONE, "prompt_length": prompt_length,
                                                       "epochs": epochs, "lr": lr, "seed": seed}, "rows": rows}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    from .artifacts import atomic_path
+
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
     render_demo(summary)
     return rows
 
