@@ -7,9 +7,14 @@ Run from the repository root::
 Steps: (1) write N synthetic JPEG images in 10 class folders (or use ``--data``); (2) embed them
 once with seeded random weights (``weights="random"``: same shapes and FLOPs as the real
 checkpoint, no download) and time it; (3) load the embeddings and the backbone once and time the
-pure ``run_init`` computation of each method, ``--repeats`` times, reporting the median; then time
-``init_prompts`` end to end (load the embeddings file, rebuild and fingerprint the backbone, run,
-write the prompts file) for VIPAMIN shallow and deep; (4) print a table and write JSON.
+pure ``run_init`` computation of each method ``--repeats`` times (median reported); then time
+``init_prompts`` end to end (load and verify the embeddings file, rebuild and fingerprint the
+backbone, run, write the prompts file) for VIPAMIN shallow and deep, and `vipamin init` once in a
+fresh process; (4) print a table and write JSON.
+
+CPU timings are only meaningful on an otherwise idle machine. Every measurement therefore also
+records ``other_cpu_pct``: the share of all cores that *other* processes used meanwhile (from
+/proc/stat minus this process and its children); rows where it is high are inflated.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +46,41 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def cpu_counters() -> tuple[float, float] | None:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process and its children); Linux only."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    t = os.times()
+    return busy, t.user + t.system + t.children_user + t.children_system
+
+
+@dataclass
+class Timing:
+    seconds: float
+    other_cpu_pct: float | None  # share of all cores used by other processes meanwhile
+
+
+def measure(fn: Callable[[], Any]) -> tuple[Timing, Any]:
+    before = cpu_counters()
+    start = time.perf_counter()
+    result = fn()
+    wall = time.perf_counter() - start
+    after = cpu_counters()
+    other = None
+    if before is not None and after is not None and wall > 0:
+        foreign = (after[0] - before[0]) - (after[1] - before[1])
+        other = round(max(0.0, min(100.0, 100.0 * foreign / (wall * (os.cpu_count() or 1)))), 1)
+    return Timing(wall, other), result
+
+
+def other_load(seconds: float = 1.0) -> float | None:
+    """Share of all cores other processes use right now (sampled over ``seconds``)."""
+    return measure(lambda: time.sleep(seconds))[0].other_cpu_pct
 
 
 def make_images(dest: Path, count: int, size: int = 224, seed: int = 0) -> Path:
@@ -71,16 +111,6 @@ def make_images(dest: Path, count: int, size: int = 224, seed: int = 0) -> Path:
     return dest
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
-
-
-def repeat(fn: Callable[[], Any], times: int) -> list[float]:
-    return [timed(fn)[0] for _ in range(times)]
-
-
 def cases(device: str) -> list[tuple[str, Any]]:
     """(label, InitConfig) of every timed method; P = 100 shallow, 20 per block deep."""
     from vipamin_cli.inits import InitConfig
@@ -104,8 +134,6 @@ def machine_info(device: Any) -> dict[str, Any]:
         "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
         "timm": timm.__version__, "device": str(device), "cuda_available": torch.cuda.is_available(),
     }
-    if hasattr(os, "getloadavg"):  # other processes on the machine skew CPU timings: record the load
-        info["load_average_start"] = [round(v, 2) for v in os.getloadavg()]
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -116,6 +144,14 @@ def sync(device: Any) -> None:
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def summary(label: str, cfg: Any, timings: list[Timing], **extra: Any) -> dict[str, Any]:
+    others = [t.other_cpu_pct for t in timings if t.other_cpu_pct is not None]
+    return {"method": label, "prompting": "deep" if cfg.deep else "shallow", "prompts": cfg.num_prompts, **extra,
+            "runs_s": [round(t.seconds, 4) for t in timings],
+            "median_s": round(statistics.median(t.seconds for t in timings), 4),
+            "other_cpu_pct": [t.other_cpu_pct for t in timings], "max_other_cpu_pct": max(others, default=None)}
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -129,11 +165,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     console = Console(stderr=True)
     device = resolve_device(args.device)
-    result: dict[str, Any] = {"machine": machine_info(device), "backbone": args.backbone}
-    busy = result["machine"].get("load_average_start", [0.0])[0]
-    if device.type == "cpu" and busy > 0.5:
-        console.print(f"[yellow]warning[/]: load average {busy:.2f} before the benchmark: other processes share "
-                      "the CPU and will inflate (and scatter) these timings")
+    result: dict[str, Any] = {"machine": machine_info(device), "backbone": args.backbone, "weights": "random"}
+    busy = other_load()
+    result["machine"]["other_cpu_pct_at_start"] = busy
+    if device.type == "cpu" and busy is not None and busy > 10:
+        console.print(f"[yellow]warning[/]: other processes use {busy:.0f}% of the CPU: they will inflate "
+                      "(and scatter) these timings")
 
     # 1. data
     if args.data:
@@ -141,27 +178,28 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         result["data"] = {"path": str(data), "synthetic": False}
     else:
         data = work / "images"
-        seconds, _ = timed(lambda: make_images(data, args.images))
+        t, _ = measure(lambda: make_images(data, args.images))
         result["data"] = {"synthetic": True, "images": args.images, "size": 224, "classes": NUM_CLASSES,
-                          "write_s": round(seconds, 3)}
-        console.print(f"wrote {args.images} synthetic JPEGs in {seconds:.1f} s")
+                          "write_s": round(t.seconds, 3)}
+        console.print(f"wrote {args.images} synthetic JPEGs in {t.seconds:.1f} s")
 
-    # 2. embed once (full forward of every calibration image through all blocks)
+    # 2. embed once: every image through the patch embedding, the calibration images through all blocks
     config = EmbedConfig(calib_size=args.images, batch_size=args.batch_size, device=args.device)
-    embed_s, embedded = timed(lambda: embed_data(args.backbone, str(data), weights="random", config=config,
-                                                 cache_dir=work / "cache", show_progress=not args.no_progress))
+    embed_t, embedded = measure(lambda: embed_data(args.backbone, str(data), weights="random", config=config,
+                                                   cache_dir=work / "cache", show_progress=not args.no_progress))
     images = len(embedded.meta.get("samples", [])) or args.images
     result["embed"] = {
-        "seconds": round(embed_s, 3), "images": images, "images_per_s": round(images / embed_s, 2),
-        "from_cache": embedded.from_cache, "file_mb": round(embedded.path.stat().st_size / 2**20, 1),
-        "config": asdict(config),
+        "seconds": round(embed_t.seconds, 3), "images": images, "images_per_s": round(images / embed_t.seconds, 2),
+        "other_cpu_pct": embed_t.other_cpu_pct, "from_cache": embedded.from_cache,
+        "file_mb": round(embedded.path.stat().st_size / 2**20, 1), "config": asdict(config),
     }
-    console.print(f"embed: {images} images in {embed_s:.1f} s ({images / embed_s:.1f} images/s)")
+    console.print(f"embed: {images} images in {embed_t.seconds:.1f} s ({images / embed_t.seconds:.2f} images/s)")
 
     # 3. load once, then time the pure computation
-    load_art_s, art = timed(lambda: load_artifact(embedded.path, "embeddings"))
-    load_bb_s, bb = timed(lambda: load_backbone(args.backbone, weights="random"))
-    result["load"] = {"embeddings_s": round(load_art_s, 3), "backbone_s": round(load_bb_s, 3)}
+    art_t, art = measure(lambda: load_artifact(embedded.path, "embeddings"))
+    bb_t, bb = measure(lambda: load_backbone(args.backbone, weights="random"))
+    result["load"] = {"embeddings_s": round(art_t.seconds, 3), "backbone_s": round(bb_t.seconds, 3),
+                      "other_cpu_pct": [art_t.other_cpu_pct, bb_t.other_cpu_pct]}
     ctx = context_from_embeddings(art, bb.model, device)
 
     figures = []
@@ -170,12 +208,11 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             run_init(ctx, cfg)
             sync(device)
 
-        runs = repeat(once, args.repeats)
-        figures.append({"method": label, "config": cfg.method + (f"/{cfg.sample}" if cfg.method == "spt" else ""),
-                        "prompting": "deep" if cfg.deep else "shallow", "prompts": cfg.num_prompts,
-                        "blocks": len(bb.model.blocks) if cfg.deep else 1, "runs_s": [round(r, 4) for r in runs],
-                        "median_s": round(statistics.median(runs), 4)})
-        console.print(f"run_init {label} {figures[-1]['prompting']}: median {figures[-1]['median_s']:.3f} s")
+        timings = [measure(once)[0] for _ in range(args.repeats)]
+        figures.append(summary(label, cfg, timings, blocks=len(bb.model.blocks) if cfg.deep else 1,
+                               config=cfg.method + (f"/{cfg.sample}" if cfg.method == "spt" else "")))
+        console.print(f"run_init {label} {figures[-1]['prompting']}: {figures[-1]['runs_s']} s, "
+                      f"other CPU {figures[-1]['other_cpu_pct']} %")
     result["run_init"] = figures
 
     # 3b. end to end: `init_prompts` from the embeddings file
@@ -186,12 +223,11 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         def whole(cfg: Any = cfg, out: Path = out) -> None:
             init_prompts(cfg, embeddings=embedded.path, out=out, show_progress=False)
 
-        runs = repeat(whole, args.repeats)
-        median = statistics.median(runs)
-        end_to_end.append({"method": label, "prompting": "deep" if cfg.deep else "shallow",
-                           "prompts": cfg.num_prompts, "runs_s": [round(r, 4) for r in runs],
-                           "median_s": round(median, 4), "target_s": TARGET_S, "target_met": median < TARGET_S})
-        console.print(f"init_prompts {label} {end_to_end[-1]['prompting']}: median {median:.3f} s")
+        timings = [measure(whole)[0] for _ in range(args.repeats)]
+        end_to_end.append(summary(label, cfg, timings))
+        end_to_end[-1]["target_met"] = end_to_end[-1]["median_s"] < TARGET_S
+        console.print(f"init_prompts {label} {end_to_end[-1]['prompting']}: {end_to_end[-1]['runs_s']} s, "
+                      f"other CPU {end_to_end[-1]['other_cpu_pct']} %")
     result["init_prompts"] = end_to_end
 
     # 3c. the CLI in a fresh process (adds interpreter start, imports and first-call set-up), once each
@@ -201,34 +237,35 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             cmd = [sys.executable, "-m", "vipamin_cli", "-q", "init", "--method", cfg.method, "--embeddings",
                    str(embedded.path), "--out", str(work / "prompts-cli.safetensors"), "--device", args.device]
             cmd += ["--deep"] if cfg.deep else []
-            seconds, proc = timed(lambda cmd=cmd: subprocess.run(cmd, capture_output=True, text=True))
+            t, proc = measure(lambda cmd=cmd: subprocess.run(cmd, capture_output=True, text=True))
             if proc.returncode != 0:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
-            cli.append({"method": label, "prompting": "deep" if cfg.deep else "shallow", "prompts": cfg.num_prompts,
-                        "command": "vipamin -q init" + " ".join([""] + cmd[5:]), "seconds": round(seconds, 3)})
-            console.print(f"vipamin init {label} {cli[-1]['prompting']} (fresh process): {seconds:.3f} s")
+            cli.append(summary(label, cfg, [t], command="vipamin -q init " + " ".join(cmd[5:])))
+            console.print(f"vipamin init {label} {cli[-1]['prompting']} (fresh process): {t.seconds:.2f} s, "
+                          f"other CPU {t.other_cpu_pct} %")
     result["cli"] = cli
-    result["target"] = {"seconds": TARGET_S, "met": all(e["target_met"] for e in end_to_end)}
+    result["target"] = {"seconds": TARGET_S, "scope": "VIPAMIN shallow and deep, end to end",
+                        "met": all(e["median_s"] < TARGET_S for e in end_to_end + cli)}
 
     # 4. report
     table = Table(title=f"Prompt initialisation, {args.backbone} (random weights), {images} cached images, "
-                        f"{device} ({os.cpu_count()} CPU cores), median of {args.repeats}")
-    table.add_column("step")
-    table.add_column("method")
-    table.add_column("prompting")
-    table.add_column("P", justify="right")
-    table.add_column("seconds", justify="right")
-    table.add_row("embed (once)", "-", "-", "-", f"{embed_s:.2f}  ({images / embed_s:.1f} img/s)")
-    table.add_row("load embeddings", "-", "-", "-", f"{load_art_s:.2f}")
-    table.add_row("build backbone", "-", "-", "-", f"{load_bb_s:.2f}")
-    for f in figures:
-        table.add_row("run_init", f["method"], f["prompting"], str(f["prompts"]), f"{f['median_s']:.3f}")
-    for e in end_to_end:
-        table.add_row("init_prompts (end to end)", e["method"], e["prompting"], str(e["prompts"]),
-                      f"{e['median_s']:.2f}")
-    for c in cli:
-        table.add_row("vipamin init (new process, 1 run)", c["method"], c["prompting"], str(c["prompts"]),
-                      f"{c['seconds']:.2f}")
+                        f"{device} ({os.cpu_count()} cores), median of {args.repeats}")
+    for name, justify in (("step", "left"), ("method", "left"), ("prompting", "left"), ("P", "right"),
+                          ("seconds", "right"), ("other CPU %", "right")):
+        table.add_column(name, justify=justify)
+
+    def pct(value: Any) -> str:
+        return "-" if value is None else f"{value:.0f}"
+
+    table.add_row("embed (once)", "-", "-", "-", f"{embed_t.seconds:.1f} ({images / embed_t.seconds:.2f} img/s)",
+                  pct(embed_t.other_cpu_pct))
+    table.add_row("load embeddings", "-", "-", "-", f"{art_t.seconds:.2f}", pct(art_t.other_cpu_pct))
+    table.add_row("build backbone", "-", "-", "-", f"{bb_t.seconds:.2f}", pct(bb_t.other_cpu_pct))
+    for step, rows in (("run_init", figures), ("init_prompts (end to end)", end_to_end),
+                       ("vipamin init (new process)", cli)):
+        for f in rows:
+            table.add_row(step, f["method"], f["prompting"], str(f["prompts"]), f"{f['median_s']:.3f}",
+                          pct(f["max_other_cpu_pct"]))
     Console().print(table)
     return result
 
@@ -258,8 +295,6 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="vipamin-bench-") as tmp:
             result = run(args, Path(tmp))
     result["total_s"] = round(time.perf_counter() - start, 2)
-    if hasattr(os, "getloadavg"):
-        result["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"total {result['total_s']:.1f} s; figures written to {args.out}", file=sys.stderr)
     return 0

@@ -38,8 +38,13 @@ def window_summaries(tokens: torch.Tensor, bounds: list[tuple[int, int]], how: s
     return torch.stack(parts, dim=1)
 
 
-def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator,
+           tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded k-means (k-means++ seeding, then Lloyd steps) on ``x`` (n, D); returns (centres, sizes).
+
+    Seeding runs on a seeded subsample of max(64 k, 8192) points; Lloyd steps use every point and
+    stop when assignments no longer change or the largest centre move falls below ``tol`` times the
+    mean squared norm of the points.
 
     All distance computations are batched matrix products, so it runs on the GPU when ``x`` is
     there. Empty clusters are re-seeded with the point farthest from its centre.
@@ -47,21 +52,26 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> t
     n = x.shape[0]
     x = x.float()
     sq = (x * x).sum(1)
-    first = int(torch.randint(n, (1,), generator=generator))
-    centres = [x[first]]
-    closest = (sq - 2 * x @ x[first] + sq[first]).clamp_min(0)
+    # k-means++ seeding is sequential (k passes over the points): run it on a seeded subsample.
+    pool = torch.randperm(n, generator=generator)[: max(64 * k, 8192)].to(x.device) if n > max(64 * k, 8192) \
+        else torch.arange(n, device=x.device)
+    xs, sqs = x[pool], sq[pool]
+    first = int(torch.randint(len(pool), (1,), generator=generator))
+    centres = [xs[first]]
+    closest = (sqs - 2 * xs @ xs[first] + sqs[first]).clamp_min(0)
     for _ in range(1, k):
         weights = closest.cpu().double()
         if float(weights.sum()) <= 0:
-            pick = int(torch.randint(n, (1,), generator=generator))
+            pick = int(torch.randint(len(pool), (1,), generator=generator))
         else:
             pick = int(torch.multinomial(weights / weights.sum(), 1, generator=generator))
-        centres.append(x[pick])
-        closest = torch.minimum(closest, (sq - 2 * x @ x[pick] + sq[pick]).clamp_min(0))
+        centres.append(xs[pick])
+        closest = torch.minimum(closest, (sqs - 2 * xs @ xs[pick] + sqs[pick]).clamp_min(0))
     c = torch.stack(centres)
     assign = torch.full((n,), -1, dtype=torch.long, device=x.device)
+    scale = float(sq.mean()) or 1.0
     for _ in range(iters):
-        dist = sq[:, None] - 2 * x @ c.T + (c * c).sum(1)[None, :]
+        dist = torch.addmm((c * c).sum(1)[None, :], x, c.T, alpha=-2.0)  # ||c||^2 - 2 x.c (||x||^2 is constant)
         new_assign = dist.argmin(1)
         if torch.equal(new_assign, assign):
             break
@@ -69,11 +79,16 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> t
         sums = torch.zeros_like(c).index_add_(0, assign, x)
         counts = torch.bincount(assign, minlength=k).to(x.dtype)
         empty = counts == 0
-        c = sums / counts.clamp_min(1)[:, None]
+        moved = sums / counts.clamp_min(1)[:, None]
         if bool(empty.any()):
-            far = dist.gather(1, assign[:, None]).squeeze(1).topk(int(empty.sum())).indices
-            c[empty] = x[far]
-    sizes = torch.bincount(assign, minlength=k)
+            far = (dist.gather(1, assign[:, None]).squeeze(1) + sq).topk(int(empty.sum())).indices
+            moved[empty] = x[far]
+        shift = float(((moved - c) ** 2).sum(1).max())
+        c = moved
+        if shift < tol * scale:  # centres have settled (relative to the data's scale)
+            break
+    final = torch.addmm((c * c).sum(1)[None, :], x, c.T, alpha=-2.0).argmin(1)
+    sizes = torch.bincount(final, minlength=k)
     return c, sizes
 
 
