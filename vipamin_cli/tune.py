@@ -223,7 +223,13 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
                     states.append(RunState(**current["states"][g]))
                 bar.advance(states[0].epoch * steps_per_epoch)
 
-            def save_progress(ms, opts, sts, indices=indices):
+            live: dict[str, str] = {}
+
+            def save_progress(ms, opts, sts, indices=indices, live=live):
+                last = sts[0].history[-1]
+                live["lr"] = f"{last['lr']:.2e}"
+                if "val_top1" in last:
+                    live["val"] = f"{max(st.history[-1].get('val_top1', 0.0) for st in sts):.1f}%"
                 tensors = dict(done_tensors)
                 for g, (m, opt) in enumerate(zip(ms, opts, strict=True)):
                     tensors.update({f"cur{g}.{k}": v for k, v in trainable_state(m).items()})
@@ -236,12 +242,12 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
 
             counter = {"steps": 0}
 
-            def step(n, losses, cfgs=group_cfgs, counter=counter):
+            def step(n, losses, cfgs=group_cfgs, counter=counter, live=live):
                 counter["steps"] += 1
                 if counter["steps"] % 10 == 0:  # reading the loss syncs the device: only now and then
                     label = (f"lr={cfgs[0].lr:g} wd={cfgs[0].weight_decay:g} seed={cfgs[0].seed}" if len(cfgs) == 1
                              else f"{len(cfgs)} configs")
-                    bar.advance(10, run=label, loss=f"{float(losses.float().mean()):.3f}")
+                    bar.advance(10, run=label, loss=f"{float(losses.float().mean()):.3f}", **live)
 
             try:
                 states = train_group(group, train_xy, val_xy, group_cfgs, dev, states=states,
