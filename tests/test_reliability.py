@@ -112,16 +112,17 @@ def test_sigint_during_embed_leaves_nothing(tmp_path) -> None:
     data = tmp_path / "many"
     for c in range(4):
         (data / str(c)).mkdir(parents=True)
-        for i in range(700):
+        for i in range(1000):
             Image.new("RGB", (16, 16), (c * 60, i % 256, 0)).save(data / str(c) / f"{i}.png")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     cache = tmp_path / "cache"
-    proc = _start(["embed", "--backbone", "vit-tiny-test", "--data", data, "--batch-size", "1", "--out",
-                   out_dir / "e.safetensors"], cache)
+    # Batch size 1 and every image calibrated (all blocks, statistics): about 10 s of work.
+    proc = _start(["embed", "--backbone", "vit-tiny-test", "--data", data, "--batch-size", "1", "--calib-size",
+                   "4000", "--out", out_dir / "e.safetensors"], cache)
     lock_dir = cache / "embeddings"
     assert _wait_for(lock_dir, proc), proc.communicate()  # the cache entry's lock exists: the pass has begun
-    time.sleep(0.5)
+    time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
