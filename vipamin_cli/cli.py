@@ -90,6 +90,9 @@ ShotsOpt = Annotated[int | None, typer.Option("--shots", help="Few-shot: draw K 
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for few-shot draws and the calibration subset.")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Embeddings cache (default $VIPAMIN_CACHE or "
                                                "the user cache dir).")]
+OptDataOpt = Annotated[str | None, typer.Option("--data", "-d", help="Data source (see `vipamin embed --help`).")]
+DataSeedOpt = Annotated[int, typer.Option("--data-seed", help="Seed of the few-shot draw and calibration subset "
+                                          "(embed's --seed).")]
 ImageColOpt = Annotated[str, typer.Option("--image-column", help="Image column of a hub dataset.")]
 LabelColOpt = Annotated[str, typer.Option("--label-column", help="Label column of a hub dataset.")]
 
@@ -145,13 +148,11 @@ def init(
                                                     "embed` (instead of --backbone/--data).")] = None,
     backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="Backbone name; with --data, the "
                                                  "cached embeddings are found or made.")] = None,
-    data: Annotated[str | None, typer.Option("--data", "-d", help="Data source (see `vipamin embed --help`).")]
-    = None,
+    data: OptDataOpt = None,
     split: SplitOpt = None,
     weights: WeightsOpt = None,
     shots: ShotsOpt = None,
-    data_seed: Annotated[int, typer.Option("--data-seed", help="Seed of the few-shot draw and calibration "
-                                           "subset (embed's --seed).")] = 0,
+    data_seed: DataSeedOpt = 0,
     calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images when embedding.")] = 256,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Prompts file (default prompts-<method>"
                                              "[-deep].safetensors).")] = None,
@@ -245,13 +246,11 @@ def tune(
     embeddings: Annotated[Path | None, typer.Option("--embeddings", "-e", help="Training embeddings (instead of "
                                                     "--backbone/--data).")] = None,
     backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="Backbone name (with --data).")] = None,
-    data: Annotated[str | None, typer.Option("--data", "-d", help="Data source (see `vipamin embed --help`).")]
-    = None,
+    data: OptDataOpt = None,
     split: SplitOpt = None,
     weights: WeightsOpt = None,
     shots: ShotsOpt = None,
-    data_seed: Annotated[int, typer.Option("--data-seed", help="Seed of the few-shot draw and calibration "
-                                           "subset.")] = 0,
+    data_seed: DataSeedOpt = 0,
     val: Annotated[str | None, typer.Option("--val", help="Validation split of --data (e.g. val, val200).")] = None,
     val_embeddings: Annotated[Path | None, typer.Option("--val-embeddings", help="Validation embeddings file.")]
     = None,
