@@ -145,7 +145,9 @@ def load_artifact(path: str | os.PathLike, kind: str | tuple[str, ...] | None = 
     meta = read_metadata(p)
     kinds = (kind,) if isinstance(kind, str) else kind
     if kinds and meta.get("kind") not in kinds:
-        raise ArtifactError(f"{p} is a {meta.get('kind')} file, but {what} must be {' or '.join(kinds)}",
+        found = str(meta.get("kind"))
+        article = "an" if found[:1] in "aeiou" else "a"
+        raise ArtifactError(f"{p} is {article} {found} file, but {what} must be {' or '.join(kinds)}",
                             f"pass {'an' if kinds[0][0] in 'aeiou' else 'a'} {kinds[0]} file")
     try:
         tensors = load_file(str(p))

@@ -255,8 +255,10 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
                                      on_step=step if show_progress else None, tolerate_divergence=tolerate,
                                      precision=precision, compile_blocks=compile_blocks)
             except KeyboardInterrupt:
-                kept = (f"{partial} keeps runs {indices[0] + 1}-{indices[-1] + 1} of {len(configs)} at their last "
-                        "completed epoch" if partial.exists() else "no epoch had completed, nothing was kept")
+                runs = (f"run {indices[0] + 1}" if len(indices) == 1
+                        else f"runs {indices[0] + 1}-{indices[-1] + 1}")
+                kept = (f"{partial} keeps {runs} of {len(configs)} at the last completed epoch"
+                        if partial.exists() else "no epoch had completed, nothing was kept")
                 raise Interrupted(f"tune interrupted; {kept}", "run the same command with --resume") from None
             if show_progress:
                 bar.advance(counter["steps"] % 10)
@@ -295,13 +297,20 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
 def render_sweep(sweep: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table(title="sweep (selected on validation)")
+    from .ui import quiet
+
+    if quiet():
+        return
+    validated = any(r["final_val_top1"] is not None for r in sweep["runs"])
+    title = "sweep (* = selected on validation)" if validated else "runs (no validation data: nothing selected)"
+    table = Table(title=title)
     for col in ("lr", "weight decay", "seed", "final val top-1", "best val top-1 (epoch)", "train loss"):
         table.add_column(col)
     chosen = sweep["chosen"]
     for r in sweep["runs"]:
         c = r["config"]
-        mark = "[bold green]" if (c["lr"], c["weight_decay"]) == (chosen["lr"], chosen["weight_decay"]) else ""
+        picked = validated and (c["lr"], c["weight_decay"]) == (chosen["lr"], chosen["weight_decay"])
+        mark = "[bold green]* " if picked else "  "
         best = f"{r['best']['val_top1']:.2f} ({r['best']['epoch']})" if r["best"] else "-"
         final = f"{r['final_val_top1']:.2f}" if r["final_val_top1"] is not None else "-"
         table.add_row(f"{mark}{c['lr']:g}", f"{c['weight_decay']:g}", str(c["seed"]), final, best,
