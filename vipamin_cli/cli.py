@@ -445,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if threading_is_main():
         signal.signal(signal.SIGTERM, terminate)
+        # A shell without job control starts background jobs with SIGINT ignored, and Python then
+        # keeps it ignored: restore Ctrl-C so an interrupt always stops cleanly.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         result = app(args=argv, standalone_mode=False)
     except cx.UsageError as exc:
