@@ -62,6 +62,19 @@ def complement_basis(attn_out: torch.Tensor, energy: float, rank: int | None) ->
     return vh[:used].T.contiguous(), info
 
 
+def solve_value_map(w_v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """x with x W_V^T = target: one LU solve when W_V is square and the solve is accurate (far
+    cheaper than an SVD per block), else the pseudo-inverse (least squares, minimum norm)."""
+    if w_v.shape[0] == w_v.shape[1]:
+        x, info = torch.linalg.solve_ex(w_v, target.T)
+        x = x.T
+        if int(info) == 0 and bool(torch.isfinite(x).all()):
+            residual = (x @ w_v.T - target).norm() / target.norm().clamp_min(1e-300)
+            if float(residual) < 1e-9:
+                return x
+    return target @ torch.linalg.pinv(w_v.T)
+
+
 class VipaminInit:
     name: ClassVar[str] = "vipamin"
 
@@ -104,7 +117,7 @@ class VipaminInit:
         value = fresh.double() @ w_v.T + b_v
         value_perp = value - (value @ basis) @ basis.T
         if config.orth == "exact":  # solve x W_V^T + b_V = v_perp
-            orth = (value_perp - b_v) @ torch.linalg.pinv(w_v.T)
+            orth = solve_value_map(w_v, value_perp - b_v)
         else:  # the reference code's formula, kept for reproduction
             orth = (value_perp - b_v) @ torch.linalg.pinv(w_v)
         # How much of each value vector still lies in the pretrained span (0 = fully orthogonal).
