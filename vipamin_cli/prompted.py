@@ -62,9 +62,6 @@ class PromptedViT(nn.Module):
         self.vit.eval()  # never dropout / drop-path in the frozen backbone
         return self
 
-    def prompt_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if not n.startswith("vit.") and not n.startswith("head.")]
-
     def _block_prompts(self, b: int, x: torch.Tensor) -> torch.Tensor | None:
         """Prompts entering block b (batch-expanded), or None when block b keeps the incoming ones."""
         bsz = x.shape[0]

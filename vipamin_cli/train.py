@@ -283,12 +283,5 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, torch.Tens
     return states
 
 
-def train_run(model: PromptedViT, train: tuple[torch.Tensor, torch.Tensor],
-              val: tuple[torch.Tensor, torch.Tensor] | None, config: TuneConfig, device: torch.device,
-              state: RunState | None = None) -> RunState:
-    """One configuration on its own (a group of one)."""
-    return train_group([model], train, val, [config], device, states=[state] if state else None)[0]
-
-
 def config_dict(config: TuneConfig) -> dict[str, Any]:
     return asdict(config) | {"effective_lr": config.effective_lr}

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .artifacts import Artifact, atomic_path, check_same_backbone, load_artifact, save_artifact
+from .artifacts import Artifact, atomic_path, check_same_backbone, load_artifact, read_metadata, save_artifact
 from .errors import ArtifactError, InputError, Interrupted
 from .train import (
     DEFAULT_PROMPTS,
@@ -101,7 +101,7 @@ def _initial_prompts(inputs: TuneInputs, train: Artifact, arch: str, out: Path) 
         dest = out.with_name(out.name.removesuffix(".safetensors") + ".prompts.safetensors")
         outcome = init_prompts(cfg, embeddings=train.path, out=dest)
         prompts = outcome.tensors["prompts"]
-        source = {"file": str(dest), "digest": load_artifact(dest).meta["digest"], "method": cfg.method,
+        source = {"file": str(dest), "digest": read_metadata(dest)["digest"], "method": cfg.method,
                   "config": outcome.meta["config"]}
     if arch == "vpt-deep" and prompts.dim() != 3:
         raise InputError("--arch vpt-deep needs deep prompts (one set per block)", "initialise with `init --deep`")
