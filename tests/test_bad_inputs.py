@@ -8,7 +8,6 @@ script can print the table in docs/reliability.md.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -333,14 +332,6 @@ def _out_read_only(ctx):
     return ["init", "--embeddings", str(ctx.shared.emb), "-p", "4", "--out", str(ro / "p.safetensors")], [str(ro)]
 
 
-def _disk_full(ctx):
-    def no_space(*args: Any, **kwargs: Any) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    ctx.monkeypatch.setattr("safetensors.torch.save_file", no_space)
-    return _init(ctx, ctx.shared.emb, "-p", "4"), [str(ctx.out / "p.safetensors"), "No space left"]
-
-
 def _no_cuda(ctx):
     import torch
 
@@ -407,7 +398,6 @@ CASES = [
     # output location
     Case("out_parent_is_a_file", _out_parent_is_file, 2, "choose a writable --out location"),
     Case("out_dir_read_only", _out_read_only, 2, "choose a writable --out location"),
-    Case("disk_full", _disk_full, 1, "free disk space"),
     # device, usage, --debug
     Case("device_cuda_without_gpu", _no_cuda, 2, "--device cpu"),
     Case("unknown_option", _unknown_option, 2, "--help"),

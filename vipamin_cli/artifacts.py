@@ -9,9 +9,11 @@ temporary file in the same directory, fsync, then rename, so a reader never sees
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +43,16 @@ class Artifact:
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     """A content digest over names, dtypes, shapes and bytes of all tensors."""
+    return _digest(tensors, None)
+
+
+def artifact_digest(tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> str:
+    """The digest recorded since schema 2: the tensors plus every metadata field but the digest itself,
+    so an edited header (pooling, class names, provenance) fails ``--verify`` like an edited tensor."""
+    return _digest(tensors, {k: v for k, v in header.items() if k != "digest"})
+
+
+def _digest(tensors: dict[str, torch.Tensor], header: dict[str, Any] | None) -> str:
     import torch
 
     h = hashlib.blake2b(digest_size=16)
@@ -50,26 +62,39 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    if header is not None:
+        h.update(b"\0metadata\0")
+        h.update(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
     return h.hexdigest()
 
 
+def _fix_for(what: str) -> str:
+    return (f"free disk space or choose another {what} location" if what.startswith("--")
+            else f"free disk space or point {what} at another directory")
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success fsync and rename it into place."""
+def atomic_path(path: str | os.PathLike, what: str = "--out") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync and rename it into place.
+
+    ``what`` names the option (or cache) the path came from, so a failure blames the right one.
+    """
     dest = Path(path)
     parent = dest.parent if str(dest.parent) else Path(".")
+    where = f"choose a writable {what} location" if what.startswith("--") else f"point {what} at a writable directory"
     if not parent.exists():
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise InputError(f"cannot create output directory {parent}: {exc.strerror}",
-                             "choose a writable --out location") from None
+            raise InputError(f"cannot create output directory {parent}: {exc.strerror}", where) from None
     if not os.access(parent, os.W_OK):
-        raise InputError(f"output directory {parent} is not writable", "choose a writable --out location")
+        raise InputError(f"output directory {parent} is not writable", where)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
     except OSError as exc:
-        raise InputError(f"cannot write to {parent}: {exc.strerror}", "choose a writable --out location") from None
+        if exc.errno == errno.ENOSPC:
+            raise RuntimeFailure(f"no space left on {parent} (writing {dest})", _fix_for(what)) from None
+        raise InputError(f"cannot write to {parent}: {exc.strerror}", where) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -82,39 +107,86 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, dest)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        raise RuntimeFailure(f"cannot write {dest}: {exc.strerror or exc}",
-                             "free disk space or choose another --out location") from None
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RuntimeFailure(f"no space left on {parent} (writing {dest})", _fix_for(what)) from None
+        raise RuntimeFailure(f"cannot write {dest}: {exc.strerror or exc}", _fix_for(what)) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
 
 
+def _as_os_error(exc: Exception) -> OSError:
+    """safetensors reports I/O failures as SafetensorError('... (os error N)'): recover the errno."""
+    text = str(exc)
+    match = re.search(r"os error (\d+)", text)
+    code = int(match.group(1)) if match else errno.EIO
+    return OSError(code, os.strerror(code) if match else text)
+
+
 def save_artifact(path: str | os.PathLike, tensors: dict[str, torch.Tensor], kind: str,
-                  meta: dict[str, Any]) -> Path:
+                  meta: dict[str, Any], what: str = "--out") -> Path:
     """Write ``tensors`` with provenance ``meta`` atomically. No timestamps: same inputs, same bytes."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     if kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind}")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     header = dict(meta)
-    header.update(schema_version=SCHEMA_VERSION, kind=kind, tool_version=__version__,
-                  digest=tensor_digest(tensors))
+    header.update(schema_version=SCHEMA_VERSION, kind=kind, tool_version=__version__)
+    header = json.loads(json.dumps(header, sort_keys=True))  # the digest sees what a reader will parse
+    header["digest"] = artifact_digest(tensors, header)
     dest = Path(path)
-    with atomic_path(dest) as tmp:
-        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(header, sort_keys=True)})
+    with atomic_path(dest, what) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(header, sort_keys=True)})
+        except SafetensorError as exc:
+            raise _as_os_error(exc) from None
     return dest
+
+
+# Metadata fields later commands read, per kind: a header without them is refused up front.
+REQUIRED = {
+    "embeddings": {"backbone": dict, "preprocessing": dict, "data": dict},
+    "prompts": {"backbone": dict, "method": str, "config": dict},
+    "checkpoint": {"backbone": dict, "data": dict, "pool": str, "grid": list, "num_classes": int},
+}
+
+
+def _check_structure(p: Path, meta: Any) -> dict[str, Any]:
+    damaged = "the metadata is damaged or was edited: re-create the file"
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{p} has vipamin metadata of the wrong form ({type(meta).__name__}, not an object)",
+                            damaged)
+    version = meta.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
+        raise ArtifactError(f"{p} has schema version {version}, newer than this vipamin understands ({SCHEMA_VERSION})",
+                            "upgrade vipamin (pip install -U vipamin)")
+    kind = meta.get("kind")
+    if kind not in KINDS:
+        raise ArtifactError(f"{p} has an unknown artifact kind {kind!r}", damaged)
+    for key, typ in REQUIRED[kind].items():
+        if not isinstance(meta.get(key), typ):
+            missing = key not in meta
+            raise ArtifactError(f"{p} metadata {'lacks' if missing else 'has a malformed'} '{key}'", damaged)
+    data = meta.get("data")
+    if isinstance(data, dict) and not isinstance(data.get("class_names", []), list):
+        raise ArtifactError(f"{p} metadata has a malformed 'data.class_names'", damaged)
+    return meta
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """Read only the header: cheap, and enough for `info` and for matching cache entries."""
     from safetensors import SafetensorError, safe_open
 
+    from .validate import regular_input
+
     p = Path(path)
     if not p.exists():
         raise ArtifactError(f"artifact not found: {p}", "check the path (make it with `vipamin embed`/`init`/`tune`)")
     if p.is_dir():
         raise ArtifactError(f"{p} is a directory, not an artifact", "pass a .safetensors file")
+    regular_input(p, "artifact", "pass a .safetensors file written by vipamin")
     try:
         with safe_open(str(p), framework="pt") as fh:
             raw = (fh.metadata() or {}).get(META_KEY)
@@ -126,18 +198,14 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
                             "pass a file written by vipamin embed/init/tune")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise ArtifactError(f"{p} has corrupt vipamin metadata", "re-create the file") from None
-    version = meta.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise ArtifactError(f"{p} has schema version {version}, newer than this vipamin understands ({SCHEMA_VERSION})",
-                            "upgrade vipamin (pip install -U vipamin)")
-    return meta
+    return _check_structure(p, meta)
 
 
 def load_artifact(path: str | os.PathLike, kind: str | tuple[str, ...] | None = None, verify: bool = True,
                   what: str = "artifact") -> Artifact:
-    """Load and check an artifact: its kind, its schema version and its tensor digest."""
+    """Load and check an artifact: its kind, its schema version and its digest (tensors + metadata)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -149,13 +217,17 @@ def load_artifact(path: str | os.PathLike, kind: str | tuple[str, ...] | None = 
         article = "an" if found[:1] in "aeiou" else "a"
         raise ArtifactError(f"{p} is {article} {found} file, but {what} must be {' or '.join(kinds)}",
                             f"pass {'an' if kinds[0][0] in 'aeiou' else 'a'} {kinds[0]} file")
+    if verify and meta["schema_version"] < SCHEMA_VERSION:
+        raise ArtifactError(f"{p} was written by an older vipamin (schema {meta['schema_version']}), whose digest "
+                            "does not cover the metadata, so it cannot be verified",
+                            "re-create it with this version (cache entries are re-made automatically)")
     try:
         tensors = load_file(str(p))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ArtifactError(f"{p} is damaged ({str(exc)[:120]})", "re-create the file") from None
-    if verify and tensor_digest(tensors) != meta.get("digest"):
-        raise ArtifactError(f"{p} failed its integrity check (tensor digest differs from the recorded one)",
-                            "the file was modified or damaged: re-create it")
+    if verify and artifact_digest(tensors, meta) != meta.get("digest"):
+        raise ArtifactError(f"{p} failed its integrity check (its digest over tensors and metadata differs from "
+                            "the recorded one)", "the file was modified or damaged: re-create it")
     return Artifact(path=p, kind=meta["kind"], meta=meta, tensors=tensors)
 
 

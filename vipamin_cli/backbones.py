@@ -219,9 +219,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint file without ever unpickling arbitrary objects."""
     import torch
 
+    from .validate import regular_input
+
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise InputError(f"weights file not found: {p}", "check the --weights path")
+    regular_input(p, "weights file", "pass a checkpoint file to --weights")
     if p.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file

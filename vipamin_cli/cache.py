@@ -23,6 +23,20 @@ def cache_root(explicit: str | os.PathLike | None = None) -> Path:
     return Path(user_cache_dir("vipamin"))
 
 
+def cache_option(explicit: str | os.PathLike | None = None) -> str:
+    """How the user named the cache, for messages: --cache-dir, $VIPAMIN_CACHE or the default."""
+    if explicit:
+        return "--cache-dir"
+    return "VIPAMIN_CACHE" if os.environ.get("VIPAMIN_CACHE") else "the cache directory"
+
+
+def checked_cache_root(explicit: str | os.PathLike | None = None) -> Path:
+    """``cache_root`` checked up front: a file, or a folder that cannot be created, is one clear error."""
+    from .validate import cache_dir
+
+    return cache_dir(cache_root(explicit), cache_option(explicit))
+
+
 def content_key(parts: dict[str, Any]) -> str:
     """A stable digest of everything that determines an artifact's content."""
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()
@@ -35,10 +49,18 @@ def embeddings_path(root: Path, key: str) -> Path:
 
 @contextlib.contextmanager
 def entry_lock(path: Path) -> Iterator[None]:
-    """Serialise processes filling the same cache entry: the second waits, then finds it done."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.with_name(path.name + ".lock")
-    with open(lock, "a+") as fh:
+    """Serialise processes filling the same cache entry: the second waits, then finds it done.
+
+    A read-only shared cache cannot hold lock files: then the entry is read without a lock (entries
+    are renamed into place whole, so a reader never sees half of one) and a miss fails on the write.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path.with_name(path.name + ".lock"), "a+")  # noqa: SIM115 (closed below)
+    except OSError:
+        yield
+        return
+    with fh:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: atomic rename alone keeps entries whole

@@ -196,10 +196,10 @@ def init(
     if explain_it:
         from .explain import explain as explain_prompts
         from .explain import render_explanation
-        from .ui import info
+        from .ui import escape, info
 
         for line in render_explanation(explain_prompts(outcome.path)):
-            info(line)
+            info(escape(line))
 
 
 @app.command(epilog="Example: vipamin explain prompts-vipamin.safetensors --png matches.png")
@@ -217,6 +217,9 @@ def explain(
 
     if png is not None:
         check_png_path(png)
+        from .validate import output_path
+
+        output_path(png, "--png", [("PROMPTS", prompts)])
     summary = explain_prompts(prompts, png)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -225,18 +228,11 @@ def explain(
             typer.echo(line)
 
 
-def _numbers(text: str, option: str, kind: type = float) -> list:
-    """Parse a comma-separated list option such as --lr 0.05,0.1,0.25."""
-    from .errors import InputError
+def _numbers(text: str | None, option: str, kind: type = float) -> list:
+    """Parse a comma-separated list option such as --lr 0.05,0.1,0.25 (see validate.LIST_OPTIONS)."""
+    from .validate import number_list
 
-    try:
-        values = [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"{option} '{text}' is not a comma-separated list of numbers",
-                         f"pass e.g. {option} {'0.05,0.1' if kind is float else '42,44,82'}") from None
-    if not values:
-        raise InputError(f"{option} is empty", f"pass at least one value to {option}")
-    return values
+    return number_list(text, option, kind)
 
 
 @app.command(epilog="Example: vipamin tune --backbone mae-vit-b --data ./flowers --val val --init vipamin "
@@ -325,7 +321,7 @@ def tune(
                         shots=shots, val=val, val_embeddings=val_embeddings, prompts=prompts, init=init_cfg,
                         embed_config=EmbedConfig(seed=data_seed, calib_size=calib_size, device=device),
                         cache_dir=cache_dir)
-    seed_list = _numbers(seeds, "--seeds", int) if seeds else [seed]
+    seed_list = _numbers(seeds, "--seeds", int) if seeds is not None else [seed]
     outcome = run_tune(inputs, base, _numbers(lr, "--lr"), _numbers(weight_decay, "--weight-decay"), seed_list,
                        out, device=device, resume=resume, grid_batch=grid_batch, precision=precision,
                        compile_mode=compile_)
@@ -354,7 +350,12 @@ def eval_(
     from .artifacts import atomic_path
     from .embed import EmbedConfig
     from .evaluate import evaluate, plot_confusion, render_metrics
+    from .validate import output_path
 
+    inputs = [("--checkpoint", checkpoint), ("--embeddings", embeddings)]
+    for option, path in (("--out", out), ("--plot", plot)):
+        if path is not None:
+            output_path(path, option, inputs)
     result = evaluate(checkpoint, embeddings=embeddings, backbone=backbone, data=data, weights=weights, split=split,
                       embed_config=EmbedConfig(device=device), cache_dir=cache_dir, device=device)
     text = json.dumps(result, indent=2)

@@ -70,11 +70,11 @@ def run_demo(out_dir: str | os.PathLike = "demo-out", device: str = "auto", epoc
     from .inits import InitConfig, init_prompts
     from .train import TuneConfig
     from .tune import TuneInputs, tune
-    from .ui import info
+    from .ui import escape, info
 
     out = Path(out_dir)
     data = export_digits(out / "digits")
-    info(f"[bold]demo[/]: real handwritten digits (scikit-learn) exported to {data}; backbone {DEMO_BACKBONE}")
+    info(f"[bold]demo[/]: real handwritten digits (scikit-learn) exported to {escape(data)}; backbone {DEMO_BACKBONE}")
     start = time.perf_counter()
     emb = {split: embed_data(DEMO_BACKBONE, str(data), split=split, config=EmbedConfig(device=device),
                              cache_dir=out / "cache").path for split in ("train", "val", "test")}

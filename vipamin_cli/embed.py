@@ -12,15 +12,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import SCHEMA_VERSION
 from .artifacts import atomic_path, load_artifact, read_metadata, save_artifact
-from .cache import cache_root, content_key, embeddings_path, entry_lock
-from .errors import ArtifactError, InputError, Interrupted
-from .ui import info, progress_bar
+from .cache import cache_option, checked_cache_root, content_key, embeddings_path, entry_lock
+from .errors import ArtifactError, InputError, Interrupted, VipaminError, unwrap_worker_error
+from .ui import escape, info, progress_bar
 
 if TYPE_CHECKING:
     import torch
@@ -43,6 +44,21 @@ class EmbedConfig:
     batch_size: int = 64
     device: str = "auto"
     workers: int | None = None
+
+    def validate(self, names: dict[str, str] | None = None) -> None:
+        """Range checks of every option; ``names`` renames options (init's --data-seed is embed's --seed)."""
+        from . import validate as v
+
+        names = names or {}
+
+        if self.dtype not in DTYPES:
+            raise InputError(f"unknown --dtype '{self.dtype}'", f"use one of {', '.join(DTYPES)}")
+        v.integer(self.calib_size, names.get("calib_size", "--calib-size"), minimum=1, example=256)
+        v.integer(self.batch_size, "--batch-size", minimum=1, example=64)
+        v.integer(self.sample_images, "--sample-images", minimum=0, example=32)
+        v.seed(self.seed, names.get("seed", "--seed"))
+        v.integer(self.workers, "--workers", minimum=0, maximum=max(64, 4 * (os.cpu_count() or 1)), example=4,
+                  optional=True)
 
 
 @dataclass
@@ -191,7 +207,7 @@ def compute_embeddings(backbone: Backbone, image_set: ImageSet, config: EmbedCon
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
         "cpu", enabled=False)
     with torch.inference_mode(), autocast, progress_bar(f"embed {image_set.split}", n, show_progress) as bar:
-        for images, batch_labels, index in loader:
+        for images, batch_labels, index in _batches(loader):
             images = images.to(device, non_blocking=True)
             x = block0_tokens(model, images)
             if tokens is None:
@@ -208,6 +224,19 @@ def compute_embeddings(backbone: Backbone, image_set: ImageSet, config: EmbedCon
     return out
 
 
+def _batches(loader: Any) -> Iterator[Any]:
+    """Iterate a DataLoader; an input error raised in a worker process comes out as its one line."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except VipaminError as exc:
+            raise unwrap_worker_error(exc) from None
+        yield batch
+
+
 def embed_dataset(backbone: Backbone, image_set: ImageSet, config: EmbedConfig | None = None,
                   out: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                   use_cache: bool = True, show_progress: bool = True) -> EmbedResult:
@@ -215,21 +244,15 @@ def embed_dataset(backbone: Backbone, image_set: ImageSet, config: EmbedConfig |
     from .data import preprocessing_info, resolve_resize
 
     config = config or EmbedConfig()
-    if config.dtype not in DTYPES:
-        raise InputError(f"unknown --dtype '{config.dtype}'", f"use one of {', '.join(DTYPES)}")
-    if config.calib_size < 1:
-        raise InputError(f"--calib-size must be at least 1, got {config.calib_size}", "pass e.g. --calib-size 256")
-    if config.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {config.batch_size}", "pass e.g. --batch-size 64")
-    if config.sample_images < 0:
-        raise InputError(f"--sample-images must be >= 0, got {config.sample_images}", "pass e.g. --sample-images 32")
+    check_embed_request(config, out, cache_dir, use_cache)
     resolve_device(config.device)  # refuse --device cuda without a GPU even when the cache would answer
+    _refuse_out_onto_images(out, image_set)
     resize = resolve_resize(config.resize, image_set)
     spec = backbone.spec
     preprocessing = preprocessing_info(resize, backbone.img_size, spec.mean, spec.std, spec.interpolation)
     data_fingerprint = image_set.fingerprint()
     key = embeddings_key(backbone, data_fingerprint, preprocessing, config)
-    cached = embeddings_path(cache_root(cache_dir), key) if use_cache else None
+    cached = embeddings_path(checked_cache_root(cache_dir), key) if use_cache else None
 
     lock = entry_lock(cached) if cached is not None else contextlib.nullcontext()
     with lock:
@@ -254,11 +277,41 @@ def embed_dataset(backbone: Backbone, image_set: ImageSet, config: EmbedConfig |
         dest = Path(out) if out is not None else cached
         if dest is None:
             raise InputError("nowhere to write the embeddings", "pass --out FILE or enable the cache")
-        save_artifact(dest, tensors, "embeddings", meta)
+        save_artifact(dest, tensors, "embeddings", meta, what="--out" if out is not None else cache_option(cache_dir))
         if cached is not None and dest != cached:
-            with atomic_path(cached) as tmp:
+            with atomic_path(cached, cache_option(cache_dir)) as tmp:
                 shutil.copyfile(dest, tmp)
     return EmbedResult(path=dest, from_cache=False, meta=read_metadata(dest))
+
+
+def check_embed_request(config: EmbedConfig, out: str | os.PathLike | None, cache_dir: str | os.PathLike | None,
+                        use_cache: bool, weights: str | None = None) -> None:
+    """Every check that needs no image and no model, so a bad request is refused before any work."""
+    from .validate import output_path
+
+    config.validate()
+    if not use_cache and out is None:
+        raise InputError("--no-cache needs --out: the embeddings would be written nowhere",
+                         "pass --out FILE, or drop --no-cache")
+    if out is not None:
+        output_path(out, "--out", [("--weights", weights if weights not in (None, "random") else None)])
+    if use_cache:
+        checked_cache_root(cache_dir)
+
+
+def _refuse_out_onto_images(out: str | os.PathLike | None, image_set: ImageSet) -> None:
+    """An existing --out that is (a link to) one of the images would destroy it: refuse."""
+    if out is None or image_set.kind == "hf" or not Path(out).exists():
+        return
+    target = os.stat(out)
+    for s in image_set.samples:
+        try:
+            st = os.stat(os.path.join(image_set.root, s.key))
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            raise InputError(f"--out {out} is the same file as the input image {s.key} of --data {image_set.root}",
+                             "choose another --out")
 
 
 def _cache_hit(cached: Path | None, key: str, out: str | os.PathLike | None) -> EmbedResult | None:
@@ -271,7 +324,7 @@ def _cache_hit(cached: Path | None, key: str, out: str | os.PathLike | None) -> 
         return None
     if meta.get("cache_key") != key:
         return None
-    info(f"[green]cache hit[/] embeddings {cached}")
+    info(f"[green]cache hit[/] embeddings {escape(str(cached))}")
     dest = cached
     if out is not None:
         dest = Path(out)
@@ -289,6 +342,7 @@ def embed_data(backbone: str, data: str, weights: str | None = None, split: str 
     from .data import open_dataset
 
     config = config or EmbedConfig()
+    check_embed_request(config, out, cache_dir, use_cache, weights)
     image_set = open_dataset(data, split=split, shots=shots, seed=config.seed, image_column=image_column,
                              label_column=label_column)
     model = load_backbone(backbone, weights=weights)

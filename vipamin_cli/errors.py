@@ -37,3 +37,18 @@ class Interrupted(VipaminError):
     """Ctrl-C or SIGTERM: stopped cleanly; the message says what was kept and how to go on."""
 
     exit_code = 130
+
+
+def unwrap_worker_error(exc: VipaminError) -> VipaminError:
+    """A DataLoader worker re-raises our error with the worker's whole traceback as its message:
+    recover the original one-line message, so ``--workers N`` fails exactly like ``--workers 0``."""
+    text = exc.message
+    if "Original Traceback" not in text:
+        return exc
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    name = type(exc).__name__
+    for prefix in (f"{type(exc).__module__}.{name}: ", f"{name}: "):
+        if last.startswith(prefix):
+            last = last[len(prefix):]
+            break
+    return type(exc)(last)

@@ -78,11 +78,12 @@ def evaluate(checkpoint: str | os.PathLike, embeddings: str | os.PathLike | None
 def render_metrics(result: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from .ui import out_console
+    from .ui import escape, out_console
 
     s = result["summary"]
     n = len(result["runs"])
-    title = f"eval on {result['split']} ({result['runs'][0]['num_samples']} images, {n} run{'s' if n > 1 else ''})"
+    title = (f"eval on {escape(result['split'])} ({result['runs'][0]['num_samples']} images, "
+             f"{n} run{'s' if n > 1 else ''})")
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("mean" + (" +- std" if n > 1 else ""))
@@ -99,7 +100,7 @@ def render_metrics(result: dict[str, Any]) -> None:
     per.add_column("images")
     for name, acc, sup in zip(result["class_names"], result["runs"][0]["per_class"], result["runs"][0]["support"],
                               strict=True):
-        per.add_row(name, "-" if acc is None else f"{acc:.1f}", str(sup))
+        per.add_row(escape(name), "-" if acc is None else f"{acc:.1f}", str(sup))
     console.print(per)
 
 

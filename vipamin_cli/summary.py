@@ -28,11 +28,11 @@ def _short(value: Any, limit: int = 100) -> str:
 def render_summary(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from .ui import out_console
+    from .ui import escape, out_console
 
     meta = summary["metadata"]
     console = out_console()
-    title = (f"{summary['path']}  ({meta.get('kind')}, schema {meta.get('schema_version')}, "
+    title = (f"{escape(summary['path'])}  ({meta.get('kind')}, schema {meta.get('schema_version')}, "
              f"{summary['size_bytes']:,} bytes)")
     table = Table(title=title, show_header=True)
     table.add_column("field")
@@ -40,15 +40,16 @@ def render_summary(summary: dict[str, Any]) -> None:
     for key in sorted(meta):
         value = meta[key]
         if key in _LONG and isinstance(value, list):
-            table.add_row(key, f"{len(value)} entries (see --json)")
+            table.add_row(escape(key), f"{len(value)} entries (see --json)")
         elif isinstance(value, dict):
             for sub in sorted(value):
                 if isinstance(value[sub], list) and len(value[sub]) > 12:
-                    table.add_row(f"{key}.{sub}", f"{len(value[sub])} entries: {_short(value[sub][:6])}")
+                    head = escape(_short(value[sub][:6]))
+                    table.add_row(escape(f"{key}.{sub}"), f"{len(value[sub])} entries: {head}")
                 else:
-                    table.add_row(f"{key}.{sub}", _short(value[sub]))
+                    table.add_row(escape(f"{key}.{sub}"), escape(_short(value[sub])))
         else:
-            table.add_row(key, _short(value))
+            table.add_row(escape(key), escape(_short(value)))
     if summary["verified"]:
         table.add_row("integrity", "[green]digest verified[/]")
     console.print(table)
@@ -56,5 +57,5 @@ def render_summary(summary: dict[str, Any]) -> None:
     for col in ("name", "dtype", "shape"):
         tensors.add_column(col)
     for name, t in summary["tensors"].items():
-        tensors.add_row(name, t["dtype"], " x ".join(map(str, t["shape"])) or "scalar")
+        tensors.add_row(escape(name), t["dtype"], " x ".join(map(str, t["shape"])) or "scalar")
     console.print(tensors)

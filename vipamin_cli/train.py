@@ -54,20 +54,22 @@ class TuneConfig:
             raise InputError(f"unknown --pool '{self.pool}'", f"use one of {', '.join(POOLS)}")
         if self.optimizer not in OPTIMIZERS:
             raise InputError(f"unknown --optimizer '{self.optimizer}'", "use adamw or sgd")
-        if self.epochs < 1:
-            raise InputError(f"--epochs {self.epochs} must be at least 1", "pass e.g. --epochs 100")
-        if not 0 <= self.warmup_epochs < self.epochs:
+        from . import validate as v
+
+        v.integer(self.epochs, "--epochs", minimum=1, example=100)
+        v.integer(self.warmup_epochs, "--warmup-epochs", minimum=0, example=10)
+        if self.warmup_epochs >= self.epochs:
             raise InputError(f"--warmup-epochs {self.warmup_epochs} must be in [0, epochs)", "pass e.g. 10")
-        if self.batch_size < 1:
-            raise InputError(f"--batch-size {self.batch_size} must be at least 1", "pass e.g. --batch-size 32")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise InputError(f"--lr {self.lr} must be a positive number", "pass e.g. --lr 0.1")
-        if self.weight_decay < 0:
-            raise InputError(f"--weight-decay {self.weight_decay} must be >= 0", "pass e.g. 0.01")
-        if not 0 <= self.prompt_dropout < 1:
-            raise InputError(f"--prompt-dropout {self.prompt_dropout} must be in [0, 1)", "pass e.g. 0.1")
-        if self.arch == "vapt" and self.vapt_kernel < 1:
-            raise InputError(f"--vapt-kernel {self.vapt_kernel} must be at least 1", "pass e.g. --vapt-kernel 2")
+        v.integer(self.batch_size, "--batch-size", minimum=1, example=32)
+        v.number(self.lr, "--lr", minimum=0, min_open=True, example=0.1)
+        v.number(self.weight_decay, "--weight-decay", minimum=0, example=0.01)
+        v.number(self.prompt_dropout, "--prompt-dropout", minimum=0, maximum=1, max_open=True, example=0.1)
+        v.seed(self.seed, "--seed")
+        v.integer(self.vapt_hidden, "--vapt-hidden", minimum=1, example=8)
+        v.integer(self.vapt_kernel, "--vapt-kernel", minimum=1, example=2)
+        v.integer(self.vapt_first_block, "--vapt-first-block", minimum=1, example=1)
+        v.number(self.vapt_dropout, "--vapt-dropout", minimum=0, maximum=1, max_open=True, example=0.1)
+        v.integer(self.val_every, "--val-every", minimum=1, example=1)
         if self.head_init not in ("kaiming", "zeros"):
             raise InputError(f"unknown --head-init '{self.head_init}'", "use kaiming or zeros")
 

@@ -9,9 +9,11 @@ every epoch; ``--resume`` continues from it and it is removed once the checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -121,6 +123,22 @@ def _device_tokens(tokens: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tokens.to(device) if need < 0.5 * free else tokens.pin_memory()
 
 
+def _check_geometry(base: TuneConfig, vit: torch.nn.Module, grid: tuple[int, int], train: Artifact,
+                    inputs: TuneInputs, dev: torch.device) -> None:
+    """Checks that need the backbone's shape: VAPT's kernel and first block, the prompts' memory."""
+    from . import validate as v
+
+    depth = len(vit.blocks)
+    if base.arch == "vapt":
+        v.vapt_geometry(base.vapt_kernel, base.vapt_first_block, depth, grid)
+    length = (inputs.init.prompt_length if inputs.init is not None and inputs.prompts is None else None)
+    length = length or DEFAULT_PROMPTS[base.arch]
+    tokens = int(train["tokens"].shape[1])
+    need = v.prompt_memory(length, int(vit.embed_dim), depth if base.arch == "vpt-deep" else 1, tokens,
+                           base.batch_size, int(vit.blocks[0].attn.num_heads), depth)
+    v.memory_fits(need, "--prompt-length", length, dev, "pass a smaller --prompt-length or --batch-size")
+
+
 def select(runs: list[dict[str, Any]]) -> tuple[float, float]:
     """The (lr, wd) with the best mean last-epoch val top-1 over seeds; ties go to the smaller lr."""
     groups: dict[tuple[float, float], list[float]] = {}
@@ -142,17 +160,104 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
     Configurations are trained ``grid_batch`` at a time in one loop over the frozen backbone
     (default: all at once); ``grid_batch=1`` trains them one after another.
     """
-    from .backbones import load_backbone_from_identity
-    from .embed import resolve_device
+    out, dev, precision_used, compile_blocks, configs = check_tune_request(
+        inputs, base, lrs, weight_decays, seeds, out, device, grid_batch, precision, compile_mode)
+    with output_lock(out):
+        return _tune(inputs, base, lrs, weight_decays, configs, out, dev, resume, show_progress, on_epoch,
+                     grid_batch, precision_used, compile_blocks)
 
-    out = Path(out)
+
+def check_tune_request(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: list[float],
+                       seeds: list[int], out: str | os.PathLike, device: str, grid_batch: int | None,
+                       precision: str, compile_mode: str) -> tuple[Path, torch.device, str, bool, list[TuneConfig]]:
+    """Every check that needs no data, before any work: options, the output path, the runtime settings."""
+    from . import validate as v
+    from .embed import resolve_device
+    from .train import PRECISIONS
+
+    if not lrs or not weight_decays or not seeds:
+        raise InputError("--lr, --weight-decay and --seeds each need at least one value", "pass e.g. --lr 0.1")
+    for lr in lrs:
+        v.number(lr, "--lr", minimum=0, min_open=True, example=0.1)
+    for wd in weight_decays:
+        v.number(wd, "--weight-decay", minimum=0, example=0.01)
+    for s in seeds:
+        v.seed(s, "--seeds" if len(seeds) > 1 else "--seed")
+    base.validate()
     configs = [replace(base, lr=lr, weight_decay=wd, seed=s) for lr in lrs for wd in weight_decays for s in seeds]
     for c in configs:
         c.validate()
-    dev = resolve_device(device)
+    v.integer(grid_batch, "--grid-batch", minimum=1, example=4, optional=True)
+    if inputs.init is not None:
+        inputs.init.validate({"seed": "--init-seed"})
+    if inputs.embed_config is not None:
+        inputs.embed_config.validate({"seed": "--data-seed"})
+    if inputs.shots is not None:
+        v.integer(inputs.shots, "--shots", minimum=1, example=16)
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown --precision '{precision}'", f"use one of {', '.join(PRECISIONS)}")
     if compile_mode not in ("auto", "on", "off"):
         raise InputError(f"unknown --compile '{compile_mode}'", "use auto, on or off")
+    dev = resolve_device(device)
+    out = v.output_path(out, "--out", [("--embeddings", inputs.embeddings), ("--val-embeddings", inputs.val_embeddings),
+                                       ("--prompts", inputs.prompts)])
+    for extra in (_partial_path(out), out.with_name(out.name.removesuffix(".safetensors") + ".sweep.json")):
+        v.output_path(extra, f"--out's {extra.name}", [("--embeddings", inputs.embeddings),
+                                                        ("--val-embeddings", inputs.val_embeddings),
+                                                        ("--prompts", inputs.prompts)])
+    # Resolved now, so the resume signature and the checkpoint record what actually ran.
+    precision_used = "bf16" if precision == "bf16" or (precision == "auto" and dev.type == "cuda") else "fp32"
     compile_blocks = compile_mode == "on" or (compile_mode == "auto" and dev.type == "cuda")
+    return out, dev, precision_used, compile_blocks, configs
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Only one tune writes a given --out (and its resume state) at a time: ``<out>.lock`` is held with
+    ``flock`` and names the holder's pid; it is removed when the run ends."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    lock = out.with_name(out.name + ".lock")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise InputError(f"cannot create the lock file {lock}: {exc.strerror}",
+                             "choose a writable --out location") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise InputError(f"another vipamin tune (pid {holder}) is writing {out} (lock {lock})",
+                             "wait for it to finish, or choose another --out") from None
+        try:  # the holder before us may have removed the file after we opened it: then retry
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: list[float],
+          configs: list[TuneConfig], out: Path, dev: torch.device, resume: bool, show_progress: bool, on_epoch: Any,
+          grid_batch: int | None, precision: str, compile_blocks: bool) -> TuneOutcome:
+    from .backbones import load_backbone_from_identity
+
     train = _embeddings(inputs, inputs.split, inputs.embeddings, "tune")
     val = None
     if inputs.val_embeddings is not None or inputs.val is not None:
@@ -166,9 +271,10 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
                          "pass --val SPLIT or --val-embeddings FILE")
     identity = train.meta["backbone"]
     backbone = load_backbone_from_identity(identity)
+    grid = (identity["img_size"] // identity["patch"],) * 2
+    _check_geometry(base, backbone.model, grid, train, inputs, dev)
     prompts, init_source = _initial_prompts(inputs, train, base.arch, out)
     pool = base.pool or identity["pool"]
-    grid = (identity["img_size"] // identity["patch"],) * 2
     num_classes = len(train.meta["data"]["class_names"])
     train_xy = (_device_tokens(train["tokens"], dev), train["labels"].to(dev if dev.type == "cuda" else "cpu"))
     val_xy = (val["tokens"], val["labels"]) if val is not None else None
@@ -177,7 +283,8 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
     grid_batch = max(1, min(grid_batch or len(configs), len(configs)))
     signature = {"configs": [config_dict(c) for c in configs], "train": train.meta["digest"],
                  "val": val.meta["digest"] if val is not None else None, "init": init_source["digest"],
-                 "pool": pool, "grid_batch": grid_batch}
+                 "pool": pool, "grid_batch": grid_batch,
+                 "runtime": {"precision": precision, "compile": compile_blocks, "device": dev.type}}
     partial = _partial_path(out)
     done: list[dict[str, Any]] = []
     done_tensors: dict[str, torch.Tensor] = {}
@@ -202,6 +309,7 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
                                   "train_split": train.meta["data"]["split"],
                                   "val_split": val.meta["data"]["split"] if val else None},
                    "init": init_source, "arch": base.arch, "pool": pool, "grid": list(grid),
+                   "runtime": {"precision": precision, "compile": compile_blocks, "device": dev.type},
                    "num_classes": num_classes}
 
     models: dict[int, Any] = {}

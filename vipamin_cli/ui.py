@@ -8,7 +8,13 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 from rich.console import Console
+from rich.markup import escape as _escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def escape(text: object) -> str:
+    """User text (paths, class, dataset and hub names) shown through rich: brackets stay literal."""
+    return _escape(str(text))
 
 
 @lru_cache(maxsize=1)
@@ -34,7 +40,7 @@ class Bar:
         self._progress, self._task = progress, task
 
     def advance(self, n: float = 1, **fields: object) -> None:
-        status = "  ".join(f"{k}={v}" for k, v in fields.items())
+        status = escape("  ".join(f"{k}={v}" for k, v in fields.items()))
         self._progress.update(self._task, advance=n, **({"status": status} if fields else {}))
 
 
@@ -44,7 +50,7 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
     with Progress(*columns, console=err_console(), disable=not enabled or quiet(), transient=False) as progress:
-        task = progress.add_task(description, total=total, status="")
+        task = progress.add_task(escape(description), total=total, status="")
         yield Bar(progress, task)
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from vipamin_cli.errors import InputError
+from vipamin_cli.validate import regular_input
 
 from .images import ImageSet, Sample, _reason
 from .splits import _resolve_split, _safe_relpath
@@ -14,8 +15,9 @@ FGVC_SPLITS = ("train", "val", "test")
 
 
 def _parse_fgvc_json(path: Path) -> list[tuple[str, int]]:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+    regular_input(path, "split file", "pass a folder whose json split files are regular files")
+    try:  # utf-8-sig: tolerate a byte-order mark
+        obj = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(
             f"cannot read split file {path}: {_reason(exc)}", "fix or regenerate the json file"

@@ -22,15 +22,64 @@ def _class_dirs(folder: Path) -> list[str]:
         ) from exc
 
 
-def _find_images(class_dir: Path, root: Path) -> list[str]:
-    """Image files under ``class_dir`` (recursive, hidden entries skipped), as sorted root-relative keys."""
-    keys = []
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for fname in filenames:
-            if fname.startswith(".") or os.path.splitext(fname)[1].lower() not in IMAGE_EXTENSIONS:
+def _find_images(class_dir: Path, root: Path, seen: dict[tuple[int, int], str] | None = None) -> list[str]:
+    """Image files under ``class_dir`` (recursive, hidden entries skipped), as sorted root-relative keys.
+
+    Links are followed, but a folder reached twice (a symlink loop, or a link to a parent) is refused,
+    as is anything that resolves outside the dataset root or a file already counted (``seen`` maps
+    (device, inode) to its key, across all classes): otherwise one image would be counted twice,
+    possibly under two labels.
+    """
+    seen = {} if seen is None else seen
+    real_root = os.path.realpath(root)
+    keys: list[str] = []
+    visited: set[tuple[int, int]] = set()
+
+    def inside(path: str) -> bool:
+        real = os.path.realpath(path)
+        return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+    def walk(folder: str) -> None:
+        try:
+            st = os.stat(folder)
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            raise InputError(f"cannot list folder {folder}: {_reason(exc)}",
+                             "check the path and its permissions") from exc
+        ident = (st.st_dev, st.st_ino)
+        if ident in visited:
+            raise InputError(f"folder link {folder} leads back to a folder already read (a symlink loop or a link to "
+                             f"a parent) in {class_dir}", "remove the link; each image must be reachable once")
+        visited.add(ident)
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            keys.append(Path(os.path.relpath(os.path.join(dirpath, fname), root)).as_posix())
+            path = entry.path
+            if entry.is_symlink() and not inside(path):
+                raise InputError(f"link {path} points outside the dataset root {root} (to {os.path.realpath(path)})",
+                                 "copy the images into the dataset folder or remove the link")
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                walk(path)
+                continue
+            if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            key = Path(os.path.relpath(path, root)).as_posix()
+            try:
+                fst = os.stat(path)
+            except OSError as exc:
+                raise InputError(f"cannot read image {path}: {_reason(exc)}", "remove or replace the file") from exc
+            ident = (fst.st_dev, fst.st_ino)
+            if ident in seen:
+                raise InputError(f"image {key} is the same file as {seen[ident]} (linked twice) in {root}",
+                                 "remove one of the links; each image must appear once, under one class")
+            seen[ident] = key
+            keys.append(key)
+
+    walk(os.fspath(class_dir))
     if not keys:
         raise InputError(
             f"class folder has no images: {class_dir}",
@@ -41,10 +90,11 @@ def _find_images(class_dir: Path, root: Path) -> list[str]:
 
 def _samples_from_classes(base: Path, root: Path, class_names: list[str]) -> list[Sample]:
     samples = []
+    seen: dict[tuple[int, int], str] = {}
     for label, name in enumerate(class_names):
         class_dir = base / name
         if class_dir.is_dir():
-            samples.extend(Sample(key, label) for key in _find_images(class_dir, root))
+            samples.extend(Sample(key, label) for key in _find_images(class_dir, root, seen))
     return samples
 
 

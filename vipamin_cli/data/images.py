@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +112,7 @@ def _reason(exc: BaseException) -> str:
 def _file_digest(path: str) -> tuple[int, str]:
     h = hashlib.blake2b(digest_size=16)
     size = 0
+    _regular_image(path)
     try:
         with open(path, "rb") as fh:
             while chunk := fh.read(1 << 20):
@@ -167,9 +169,20 @@ def _open_loaded(source: Any, where: str) -> Image.Image:
     return img
 
 
+def _regular_image(path: str | os.PathLike) -> None:
+    """A FIFO or device named like an image would block (or never end) when opened: refuse it first."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise InputError(f"cannot read image {os.fspath(path)}: {_reason(exc)}", _IMAGE_FIX) from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"image {os.fspath(path)} is not a regular file (a FIFO, device or socket)", _IMAGE_FIX)
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Open an image file fully (so truncation is caught now) and return it as RGB."""
     where = os.fspath(path)
+    _regular_image(where)
     img = _open_loaded(where, where)
     return _to_rgb(img, where)
 

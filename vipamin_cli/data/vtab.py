@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vipamin_cli.errors import InputError
+from vipamin_cli.validate import regular_input
 
 from .images import ImageSet, Sample, _reason
 from .splits import _resolve_split, _safe_relpath
@@ -20,8 +21,9 @@ VTAB_ALIASES = {"train": "train800", "val": "val200", "trainval": "train800val20
 
 def _parse_vtab_list(path: Path) -> list[tuple[str, int, int]]:
     """Parse ``relative/path label`` lines; returns (path, label, line number)."""
-    try:
-        text = path.read_text(encoding="utf-8")
+    regular_input(path, "list file", "pass a folder whose list files are regular files")
+    try:  # utf-8-sig: a byte-order mark written by some editors must not end up in the first path
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(
             f"cannot read list file {path}: {_reason(exc)}", "fix or regenerate the list file"

@@ -35,6 +35,7 @@ def get_method(name: str) -> InitMethod:
 def run_init(ctx: InitContext, config: InitConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Initialise shallow (block 0) or deep (every block) prompts; returns (tensors, info)."""
     method = get_method(config.method)
+    config.validate()
     if config.num_prompts < 1:
         raise InputError(f"--prompt-length {config.num_prompts} must be at least 1", "pass e.g. --prompt-length 100")
     method.validate(config, ctx)
@@ -81,10 +82,21 @@ def init_prompts(config: InitConfig, embeddings: str | os.PathLike | None = None
     Either ``embeddings`` (a file from `embed`) or ``backbone`` + ``data`` (found in the cache, or
     embedded first) supply the calibration statistics. Writes the prompts file atomically.
     """
+    from .. import validate as v
     from ..artifacts import load_artifact, save_artifact
     from ..backbones import load_backbone_from_identity
     from ..embed import embed_data, resolve_device
 
+    config.validate()
+    get_method(config.method)
+    if embed_config is not None:
+        embed_config.validate({"seed": "--data-seed"})
+    if shots is not None:
+        v.integer(shots, "--shots", minimum=1, example=16)
+    device = resolve_device(config.device)
+    dest = Path(out) if out is not None else Path(default_prompts_name(config))
+    v.output_path(dest, "--out", [("--embeddings", embeddings),
+                                  ("--weights", weights if weights != "random" else None)])
     if embeddings is None:
         if backbone is None or data is None:
             raise InputError("init needs --embeddings FILE, or --backbone and --data",
@@ -97,7 +109,9 @@ def init_prompts(config: InitConfig, embeddings: str | os.PathLike | None = None
         raise InputError(f"--embeddings {embeddings} were made with backbone '{identity['name']}', not '{backbone}'",
                          f"pass --backbone {identity['name']} or embed with {backbone}")
     bb = load_backbone_from_identity(identity)
-    device = resolve_device(config.device)
+    blocks = len(bb.model.blocks) if config.deep else 1
+    v.memory_fits(v.prompt_memory(config.num_prompts, int(bb.model.embed_dim), blocks) * 4, "--prompt-length",
+                  config.num_prompts, device)
     ctx = context_from_embeddings(art, bb.model, device)
     tensors, info = run_init(ctx, config)
     meta = {
@@ -113,6 +127,5 @@ def init_prompts(config: InitConfig, embeddings: str | os.PathLike | None = None
                        "calibration": art.meta.get("calibration")},
     }
     meta["config"].pop("device", None)
-    dest = Path(out) if out is not None else Path(default_prompts_name(config))
     save_artifact(dest, tensors, "prompts", meta)
     return InitOutcome(path=dest, tensors=tensors, meta=meta)

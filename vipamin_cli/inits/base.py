@@ -37,6 +37,23 @@ class InitConfig:
     kmeans_iters: int = 100
     device: str = "auto"
 
+    def validate(self, names: dict[str, str] | None = None) -> None:
+        """Method-independent checks (types, ranges, finiteness); methods add geometry checks.
+
+        ``names`` renames options where a command spells them differently (tune's --init-seed)."""
+        from .. import validate as v
+
+        names = names or {}
+
+        v.integer(self.prompt_length, "--prompt-length", minimum=1, example=100, optional=True)
+        v.seed(self.seed, names.get("seed", "--seed"))
+        v.integer(self.k, "--k", example=8)
+        v.number(self.lam, "--lambda", example=0.5)
+        v.number(self.orth_energy, "--orth-energy", example=0.99)
+        v.integer(self.orth_rank, "--orth-rank", minimum=0, example=8, optional=True)
+        v.integer(self.token_budget, "--token-budget", minimum=1, example=200_000)
+        v.integer(self.kmeans_iters, "--kmeans-iters", minimum=1, example=100)
+
     @property
     def num_prompts(self) -> int:
         if self.prompt_length is not None:

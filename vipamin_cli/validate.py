@@ -1,0 +1,241 @@
+"""One place for option checks, shared by the CLI and the library functions.
+
+Every value a user can give enters through one of these checks, at the boundary (the config
+dataclasses' ``validate`` and the library entry points), so a bad value is refused with one line
+naming the option and the fix before any work starts, instead of failing deep inside torch.
+Paths that a command writes are checked here too: an output that is one of the command's own
+inputs, or an existing target that is not a regular file, is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+INT64_MAX = 2**63 - 1
+SEED_MAX = 2**63 - 1  # every RNG we seed (torch, numpy) takes a non-negative 63-bit seed
+
+# Comma-separated list options: command -> option -> element type. The generated hostile-input
+# test cross-checks this registry against the options whose help mentions a comma list.
+LIST_OPTIONS: dict[str, dict[str, type]] = {
+    "tune": {"--lr": float, "--weight-decay": float, "--seeds": int},
+}
+
+
+def _fix(option: str, example: Any) -> str:
+    return f"pass e.g. {option} {example}"
+
+
+def integer(value: Any, option: str, *, minimum: int | None = None, maximum: int = INT64_MAX,
+            example: Any = None, optional: bool = False) -> int | None:
+    """An integer within [minimum, maximum] (and a 64-bit one always), else an InputError."""
+    if value is None and optional:
+        return None
+    example = example if example is not None else (minimum if minimum is not None else 1)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{option} {value!r} is not an integer", _fix(option, example))
+    if minimum is not None and value < minimum:
+        raise InputError(f"{option} {value} must be at least {minimum}", _fix(option, example))
+    if value > maximum:
+        raise InputError(f"{option} {value} is too large (at most {maximum:,})", _fix(option, example))
+    return value
+
+
+def number(value: Any, option: str, *, minimum: float | None = None, maximum: float | None = None,
+           min_open: bool = False, max_open: bool = False, example: Any = None) -> float:
+    """A finite float within the bounds (open or closed), else an InputError; NaN and inf never pass."""
+    example = example if example is not None else (minimum if minimum is not None else 1)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{option} {value!r} is not a number", _fix(option, example))
+    value = float(value)
+    if not math.isfinite(value):
+        raise InputError(f"{option} {value} is not a finite number", _fix(option, example))
+    lo = "(" if min_open else "["
+    hi = ")" if max_open else "]"
+    span = f"{lo}{'-inf' if minimum is None else f'{minimum:g}'}, {'inf' if maximum is None else f'{maximum:g}'}{hi}"
+    if minimum is not None and (value < minimum or (min_open and value == minimum)):
+        raise InputError(f"{option} {value:g} is outside {span}", _fix(option, example))
+    if maximum is not None and (value > maximum or (max_open and value == maximum)):
+        raise InputError(f"{option} {value:g} is outside {span}", _fix(option, example))
+    return value
+
+
+def seed(value: Any, option: str = "--seed") -> int:
+    """A seed every RNG accepts: an integer in [0, 2**63 - 1]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise InputError(f"{option} {value} is outside the seed range [0, 2**63 - 1]", _fix(option, 42))
+    return value
+
+
+def number_list(text: str | None, option: str, kind: type = float) -> list:
+    """Parse a comma-separated list option (``--lr 0.05,0.1``); an empty list or item is refused."""
+    example = "0.05,0.1" if kind is float else "42,44,82"
+    if text is None or not str(text).strip():
+        raise InputError(f"{option} is empty", f"pass at least one value, e.g. {option} {example}")
+    items = [item.strip() for item in str(text).split(",")]
+    if any(not item for item in items):
+        raise InputError(f"{option} '{text}' has an empty item", f"separate values by single commas, e.g. "
+                         f"{option} {example}")
+    values = []
+    for item in items:
+        try:
+            values.append(kind(item))
+        except ValueError:
+            raise InputError(f"{option} '{text}': '{item}' is not {'an integer' if kind is int else 'a number'}",
+                             f"pass e.g. {option} {example}") from None
+    if kind is float:
+        for v in values:
+            number(v, option, example=example)
+    return values
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Geometry- and memory-dependent checks (need the backbone's shape)
+
+
+def vapt_geometry(kernel: int, first_block: int, depth: int, grid: tuple[int, int]) -> None:
+    """VAPT's kernel must fit the patch grid and its first adaptive block must exist."""
+    if not 1 <= first_block < depth:
+        raise InputError(f"--vapt-first-block {first_block} is outside [1, {depth - 1}] (the backbone has "
+                         f"{depth} blocks)", f"pass --vapt-first-block between 1 and {depth - 1}")
+    side = min(grid)
+    if not 1 <= kernel <= side:
+        raise InputError(f"--vapt-kernel {kernel} does not fit the {grid[0]}x{grid[1]} patch grid",
+                         f"pass --vapt-kernel between 1 and {side}")
+
+
+def available_memory(device: Any = None) -> int | None:
+    """Bytes that can still be allocated on ``device`` (host RAM for CPU); None when unknown."""
+    if device is not None and getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**28 else f"{n / 2**20:,.1f} MiB"
+
+
+def memory_fits(need: float, option: str, value: Any, device: Any = None, fix: str | None = None) -> None:
+    """Refuse a setting whose estimated memory ``need`` exceeds what is available, before allocating."""
+    have = available_memory(device)
+    if have is not None and need > have:
+        where = "GPU" if device is not None and getattr(device, "type", "") == "cuda" else "RAM"
+        raise InputError(f"{option} {value} needs about {_gib(need)} of memory but {_gib(have)} of {where} is "
+                         "available", fix or f"pass a smaller {option}")
+
+
+def prompt_memory(prompt_length: int, dim: int, blocks: int = 1, tokens: int = 0, batch: int = 1,
+                  heads: int = 1, depth: int = 1) -> float:
+    """Bytes a prompt length costs: the prompts (with optimiser state) and, when training, the
+    activations kept for the backward pass (tokens and attention maps of every block)."""
+    params = 4.0 * prompt_length * dim * blocks * 4  # value, gradient, two AdamW moments
+    if not tokens:
+        return params
+    seq = tokens + prompt_length
+    acts = 4.0 * batch * depth * (12 * seq * dim + 2 * heads * seq * seq)
+    return params + acts
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Paths
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device node"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    return "not a regular file"
+
+
+def regular_input(path: str | os.PathLike, what: str, fix: str = "pass a regular file") -> os.stat_result:
+    """Refuse a FIFO, device or socket before opening it (opening a FIFO blocks until a writer comes)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{what} not found: {path}", "check the path") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.strerror}", "check the path and its permissions") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{what} {path} is {_kind(st.st_mode)}, not a regular file", fix)
+    return st
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def output_path(out: str | os.PathLike, option: str = "--out",
+                inputs: Iterable[tuple[str, str | os.PathLike | None]] = ()) -> Path:
+    """Check an output path before any work: not a directory, not an existing FIFO/device/symlink,
+    and not the same file (hard links and symlinks included) as any of the command's inputs."""
+    p = Path(out)
+    if not str(out).strip():
+        raise InputError(f"{option} is empty", f"pass {option} FILE")
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise InputError(f"cannot write to {p.parent}: {exc.strerror}",
+                         f"choose a writable {option} location") from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(f"{option} {p} is a directory", f"pass a file path, e.g. {option} {p / 'out.safetensors'}")
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{option} {p} exists and is {_kind(st.st_mode)}; vipamin only replaces regular files",
+                             f"remove it or choose another {option}")
+    for name, path in inputs:
+        if path is not None and _same_file(p, Path(path)):
+            raise InputError(f"{option} {p} is the same file as the input {name} {path}; writing it would destroy "
+                             "the input", f"choose another {option}")
+    return p
+
+
+def cache_dir(root: Path, option: str) -> Path:
+    """The cache root must be (or become) a writable directory."""
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{option} {root} is not a directory", f"point {option} at a directory")
+    if not root.exists():
+        if not probe.is_dir():
+            raise InputError(f"{option} {root} cannot be created: {probe} is not a directory",
+                             f"point {option} at a directory")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{option} {root} cannot be created: {exc.strerror}",
+                             f"point {option} at a writable directory") from None
+    return root
