@@ -38,15 +38,16 @@ def _parse_fgvc_json(path: Path) -> list[tuple[str, int]]:
 
 
 def _open_fgvc(root: Path, split: str | None) -> ImageSet:
-    present = {n: root / f"{n}.json" for n in FGVC_SPLITS if (root / f"{n}.json").is_file()}
+    present = {n: root / f"{n}.json" for n in FGVC_SPLITS
+               if (root / f"{n}.json").exists() and not (root / f"{n}.json").is_dir()}
     name = _resolve_split(split, "train", present, str(root))
     parsed = {n: _parse_fgvc_json(p) for n, p in present.items()}
     max_label = max((label for entries in parsed.values() for _, label in entries), default=-1)
     samples = []
     for rel, label in parsed[name]:
-        if (root / rel).is_file():
+        if (root / rel).exists() and not (root / rel).is_dir():
             key = rel
-        elif (root / "images" / rel).is_file():
+        elif (root / "images" / rel).exists() and not (root / "images" / rel).is_dir():
             key = f"images/{rel}"
         else:
             raise InputError(

@@ -47,6 +47,11 @@ def open_dataset(
     return image_set
 
 
+def _listed(path: Path) -> bool:
+    """A list/split file is present: anything but a folder (a FIFO is then refused, not skipped)."""
+    return path.exists() and not path.is_dir()
+
+
 def _open_directory(data: str, split: str | None) -> ImageSet:
     path = Path(data).expanduser()
     if not path.exists():
@@ -54,9 +59,9 @@ def _open_directory(data: str, split: str | None) -> ImageSet:
     if not path.is_dir():
         raise InputError(f"data path is not a directory: {data}", _DATA_FIX)
     root = path.resolve()
-    if any((root / name).is_file() for name in VTAB_LIST_FILES.values()):
+    if any(_listed(root / name) for name in VTAB_LIST_FILES.values()):
         return _open_vtab(root, split)
-    if any((root / f"{name}.json").is_file() for name in FGVC_SPLITS):
+    if any(_listed(root / f"{name}.json") for name in FGVC_SPLITS):
         return _open_fgvc(root, split)
     train = root / "train"
     if train.is_dir() and _class_dirs(train):

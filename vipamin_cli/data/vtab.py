@@ -50,13 +50,14 @@ def _parse_vtab_list(path: Path) -> list[tuple[str, int, int]]:
 
 
 def _open_vtab(root: Path, split: str | None) -> ImageSet:
-    present = {name: root / fname for name, fname in VTAB_LIST_FILES.items() if (root / fname).is_file()}
+    present = {name: root / fname for name, fname in VTAB_LIST_FILES.items()
+               if (root / fname).exists() and not (root / fname).is_dir()}
     name = _resolve_split(split, "train800", present, str(root), VTAB_ALIASES)
     parsed = {n: _parse_vtab_list(p) for n, p in present.items()}
     max_label = max((label for entries in parsed.values() for _, label, _ in entries), default=-1)
     samples = []
     for rel, label, lineno in parsed[name]:
-        if not (root / rel).is_file():
+        if not (root / rel).exists() or (root / rel).is_dir():
             raise InputError(
                 f"image not found: {root / rel} (listed in {present[name]} line {lineno})",
                 "fix the list file or restore the image",
