@@ -51,7 +51,7 @@ def art(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     from vipamin_cli.tune import TuneInputs, tune
 
     root = tmp_path_factory.mktemp("hostile")
-    data = _folders(root / "data")
+    data = _folders(root / "data", per_class=2)
     emb = embed_data("vit-tiny-test", str(data), config=EmbedConfig(calib_size=4, device="cpu"),
                      out=root / "emb.safetensors", use_cache=False, show_progress=False).path
     prompts = init_prompts(InitConfig(prompt_length=4, device="cpu"), embeddings=emb,
@@ -90,6 +90,39 @@ def _subprocess(args: list, timeout: float = 120, **env: str) -> subprocess.Comp
     """``python -m vipamin_cli`` with a timeout, so a hang fails the test instead of freezing the suite."""
     return subprocess.run([sys.executable, "-m", "vipamin_cli", *map(str, args)], capture_output=True, text=True,
                           env=_env(**env), timeout=timeout)
+
+
+_BATCH = """
+import contextlib, io, json, sys
+from vipamin_cli.cli import main
+results = []
+for argv in json.load(open(sys.argv[1])):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    results.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def _batch(cases: list[list], tmp: Path, prefix: list[str] | None = None, setup: str = "", after: str = "",
+           timeout: float = 180, **env: str) -> list[tuple[int, str, str]]:
+    """Several commands in one fresh interpreter (one torch import), optionally inside ``prefix`` (a private
+    mount namespace) after the shell ``setup``; the timeout turns a hang into a failure."""
+    script, argv = tmp / "batch.py", tmp / "batch.json"
+    script.write_text(_BATCH)
+    argv.write_text(json.dumps([[str(a) for a in case] for case in cases]))
+    run = f"'{sys.executable}' '{script}' '{argv}'"
+    cmd = [*prefix, "sh", "-c", f"{setup} {run}; {after}"] if prefix else [sys.executable, str(script), str(argv)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(**env), timeout=timeout)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(next(line for line in res.stdout.splitlines() if line.startswith("[[")))
+    script.unlink()
+    argv.unlink()
+    return [tuple(r) for r in rows]
 
 
 def _one_line_error(code: int | str, err: str, expected: int = 2) -> str:
@@ -467,16 +500,17 @@ def test_fifo_inputs_never_hang(art: SimpleNamespace, tmp_path: Path) -> None:
     os.mkfifo(weights)
     embed = ["embed", "--backbone", "vit-tiny-test", "--calib-size", "4", "--no-cache", "--out",
              tmp_path / "e.safetensors"]
-    for args, expected in (
+    cases = [
         (["info", fifo], "FIFO"),
         (["init", "--embeddings", fifo, "--out", tmp_path / "p.safetensors"], "FIFO"),
         (["tune", "--embeddings", fifo, "--prompts", art.prompts, "--out", tmp_path / "c.safetensors"], "FIFO"),
         ([*embed, "--data", ds], "pipe.png is not a regular file"),
         ([*embed, "--data", vtab], "FIFO"),
         ([*embed, "--data", art.data, "--weights", weights], "FIFO"),
-    ):
-        proc = _subprocess(args, timeout=60)
-        line = _one_line_error(proc.returncode, proc.stderr)
+    ]
+    for (code, _, err), (_, expected) in zip(_batch([c for c, _ in cases], tmp_path, timeout=120), cases,
+                                             strict=True):
+        line = _one_line_error(code, err)
         assert expected in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "pipe.safetensors", "vtab", "w.pth"]
 
@@ -506,23 +540,23 @@ def test_full_disk_on_a_real_tmpfs(art: SimpleNamespace, tmp_path: Path) -> None
     if prefix is None:
         pytest.skip("no small filesystem: tried `unshare -rm` and `unshare -m` with `mount -t tmpfs` (needs user "
                     "namespaces or root)")
-    py = f"'{sys.executable}' -m vipamin_cli"
-    fill = f"mount -t tmpfs -o size=64k tmpfs '{mnt}' && head -c 57344 /dev/zero > '{mnt}/fill' 2>/dev/null; "
-    script = (fill
-              + f"{py} init --embeddings '{art.emb}' -p 200 --device cpu --out '{mnt}/p.safetensors'; echo rc=$?; "
-              + f"VIPAMIN_CACHE='{mnt}/cache' {py} embed --backbone vit-tiny-test --data '{art.data}' "
-                f"--calib-size 4 --device cpu; echo rc=$?; ls -A '{mnt}' '{mnt}/cache/embeddings'")
-    res = subprocess.run([*prefix, "sh", "-c", script], capture_output=True, text=True, timeout=300, env=_env())
-    assert res.stdout.count("rc=1") == 2, (res.stdout, res.stderr)
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 2, res.stderr
-    assert lines[0].startswith(f"error: no space left on {mnt} (writing {mnt}/p.safetensors)"), lines[0]
-    assert "choose another --out location" in lines[0]
-    assert lines[1].startswith(f"error: no space left on {mnt}/cache/embeddings"), lines[1]
-    assert "point VIPAMIN_CACHE at another directory" in lines[1], lines[1]  # the cache is blamed, not --out
-    assert "Traceback" not in res.stderr and "internal error" not in res.stderr
-    listing = res.stdout.split("rc=1")[-1].split()
-    assert not any(name.endswith(".tmp") or name.endswith(".safetensors") for name in listing), listing
+    fill = f"mount -t tmpfs -o size=64k tmpfs '{mnt}' && head -c 57344 /dev/zero > '{mnt}/fill' &&"
+    work = tmp_path / "work"
+    work.mkdir()
+    results = _batch([["init", "--embeddings", art.emb, "-p", "200", "--device", "cpu", "--out", mnt / "p.safetensors"],
+                      ["embed", "--backbone", "vit-tiny-test", "--data", art.data, "--calib-size", "4", "--device",
+                       "cpu"]], work, prefix=prefix, setup=fill, after=f"ls -A '{mnt}' '{mnt}/cache/embeddings' > "
+                     f"'{work}/listing'", VIPAMIN_CACHE=str(mnt / "cache"))
+    (code_out, _, err_out), (code_cache, _, err_cache) = results
+    line = _one_line_error(code_out, err_out, expected=1)
+    assert line.startswith(f"error: no space left on {mnt} (writing {mnt}/p.safetensors)"), line
+    assert "choose another --out location" in line
+    line = _one_line_error(code_cache, err_cache, expected=1)
+    assert line.startswith(f"error: no space left on {mnt}/cache/embeddings"), line
+    assert "point VIPAMIN_CACHE at another directory" in line  # the cache is blamed, not --out
+    listing = (work / "listing").read_text().split()  # taken inside the namespace, before the tmpfs went away
+    assert "fill" in listing
+    assert not any(n.endswith((".tmp", ".safetensors")) for n in listing), listing  # no temporary file left
 
 
 # Class 2: the cache directory
@@ -547,52 +581,51 @@ def test_cache_dir_that_is_a_file_or_cannot_be_made(art: SimpleNamespace, tmp_pa
 def test_read_only_cache_serves_its_entry(art: SimpleNamespace, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     embed = ["embed", "--backbone", "vit-tiny-test", "--data", art.data, "--calib-size", "4", "--device", "cpu"]
-    first = _subprocess(embed, VIPAMIN_CACHE=str(cache))
-    assert first.returncode == 0, first.stderr
+    from vipamin_cli.embed import EmbedConfig, embed_data
+
+    first = embed_data("vit-tiny-test", str(art.data), config=EmbedConfig(calib_size=4, device="cpu"),
+                       cache_dir=cache, show_progress=False).path
     for lock in cache.rglob("*.lock"):
         lock.unlink()  # a shared cache filled elsewhere: no lock files, and none can be made
     (tmp_path / "probe").mkdir()
     prefix = _namespace_prefix(tmp_path / "probe")
     if prefix is None:
         pytest.skip("cannot make a read-only mount: tried `unshare -rm` / `unshare -m` (needs user namespaces or root)")
-    cmd = " ".join(f"'{a}'" for a in [sys.executable, "-m", "vipamin_cli", *map(str, embed)])
-    script = (f"mount --bind '{cache}' '{cache}' && mount -o remount,bind,ro '{cache}' && "
-              f"touch '{cache}/x' 2>/dev/null && echo writable; {cmd}")
-    res = subprocess.run([*prefix, "sh", "-c", script], capture_output=True, text=True, timeout=300,
-                         env=_env(VIPAMIN_CACHE=str(cache)))
-    assert "writable" not in res.stdout
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip().splitlines()[-1] == first.stdout.strip()
+    ro = f"mount --bind '{cache}' '{cache}' && mount -o remount,bind,ro '{cache}' && ! touch '{cache}/x' 2>/dev/null &&"
+    work = tmp_path / "work"
+    work.mkdir()
+    ((code, out, err),) = _batch([embed], work, prefix=prefix, setup=ro, VIPAMIN_CACHE=str(cache))
+    assert code == 0, err
+    assert out.strip() == str(first)
 
 
 # Class 3: user text shown through rich is never markup
 
 
-def test_markup_in_paths_and_class_names_is_shown_literally(tmp_path: Path) -> None:
-    data = _folders(tmp_path / "d[/x]")
+def test_markup_in_paths_and_class_names_is_shown_literally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    data = _folders(tmp_path / "d[/x]", per_class=2)
     (data / "a").rename(data / "[red]a")
     (data / "b").rename(data / "[bold]b")
-    cache = tmp_path / "c[/y]"
-    env = {"VIPAMIN_CACHE": str(cache), "VIPAMIN_QUIET": "0"}
-    embed = ["embed", "--backbone", "vit-tiny-test", "--data", data, "--calib-size", "4", "--device", "cpu",
-             "--split", "all"]
-    first = _subprocess(embed, **env)
-    assert first.returncode == 0, first.stderr
-    hit = _subprocess(embed, **env)  # the cache-hit note prints the entry's path
-    assert hit.returncode == 0, hit.stderr
-    assert "cache hit" in hit.stderr and "c[/y]" in hit.stderr.replace("\n", "")
-    emb = Path(first.stdout.strip())
-    info = _subprocess(["info", emb], **env)
-    assert info.returncode == 0 and "[red]a" in info.stdout and "d[/x]" in info.stdout, info.stderr
-    p = tmp_path / "p.safetensors"
-    assert _subprocess(["init", "--embeddings", emb, "-p", "4", "--device", "cpu", "--out", p], **env).returncode == 0
-    c = tmp_path / "c.safetensors"
-    tuned = _subprocess(["tune", "--embeddings", emb, "--prompts", p, "--epochs", "1", "--warmup-epochs", "0",
-                         "--device", "cpu", "--out", c], **env)
-    assert tuned.returncode == 0, tuned.stderr
-    shown = _subprocess(["eval", "--checkpoint", c, "--embeddings", emb, "--device", "cpu"], **env)
-    assert shown.returncode == 0, shown.stderr
-    assert "[red]a" in shown.stdout and "[bold]b" in shown.stdout
+    monkeypatch.setenv("VIPAMIN_CACHE", str(tmp_path / "c[/y]"))
+    monkeypatch.setenv("VIPAMIN_QUIET", "0")  # the notes and progress bars are what rich renders
+    embed = ["embed", "--backbone", "vit-tiny-test", "--data", data, "--calib-size", "4", "--device", "cpu"]
+    code, out, err = _run(embed, capsys)
+    assert code == 0, err
+    code, out, err = _run(embed, capsys)  # the cache-hit note prints the entry's path
+    assert code == 0, err
+    assert "cache hit" in err and "c[/y]" in err.replace("\n", "")
+    emb = Path(out.strip())
+    code, out, err = _run(["info", emb], capsys)
+    assert code == 0 and "[red]a" in out and "d[/x]" in out, err
+    p, c = tmp_path / "p.safetensors", tmp_path / "c.safetensors"
+    assert _run(["init", "--embeddings", emb, "-p", "4", "--device", "cpu", "--out", p], capsys)[0] == 0
+    code, out, err = _run(["tune", "--embeddings", emb, "--prompts", p, "--epochs", "1", "--warmup-epochs", "0",
+                           "--device", "cpu", "--seeds", "1,2", "--out", c], capsys)
+    assert code == 0, err
+    code, out, err = _run(["eval", "--checkpoint", c, "--embeddings", emb, "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "[red]a" in out and "[bold]b" in out
 
 
 # Class 4: late or misleading checks
