@@ -352,6 +352,10 @@ def eval_(
     from .evaluate import evaluate, plot_confusion, render_metrics
     from .validate import output_path
 
+    if plot is not None and plot.suffix.lower() != ".png":
+        from .errors import InputError
+
+        raise InputError(f"--plot {plot} must end in .png", "pass e.g. --plot confusion.png")
     inputs = [("--checkpoint", checkpoint), ("--embeddings", embeddings)]
     for option, path in (("--out", out), ("--plot", plot)):
         if path is not None:

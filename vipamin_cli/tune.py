@@ -221,6 +221,11 @@ def output_lock(out: Path) -> Iterator[None]:
         yield
         return
     lock = out.with_name(out.name + ".lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output directory {lock.parent}: {exc.strerror}",
+                         "choose a writable --out location") from None
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
