@@ -235,8 +235,33 @@ def _numbers(text: str | None, option: str, kind: type = float) -> list:
     return number_list(text, option, kind)
 
 
-@app.command(epilog="Example: vipamin tune --backbone mae-vit-b --data ./flowers --val val --init vipamin "
-             "--lr 0.05,0.1,0.25 --seeds 42,44,82 --out flowers.safetensors")
+def _strings(text: str, option: str) -> list[str]:
+    """Parse a comma-separated list of names such as --sample random,kmeans."""
+    from .errors import InputError
+
+    values = [v.strip() for v in str(text).split(",")]
+    if not any(values):
+        raise InputError(f"{option} is empty", f"pass at least one value to {option}")
+    if not all(values):
+        raise InputError(f"{option} '{text}' has an empty item", "separate values by single commas")
+    return values
+
+
+def _init_grid(lists: dict[str, tuple[str | None, str, type]]) -> list[dict[str, Any]] | None:
+    """The cross product of the init options given as comma lists (None when none was given)."""
+    import itertools
+
+    given = {field: (_strings(text, option) if kind is str else _numbers(text, option, kind))
+             for field, (text, option, kind) in lists.items() if text is not None}
+    if not given:
+        return None
+    names = list(given)
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(given[n] for n in names))]
+
+
+@app.command(epilog="Examples: vipamin tune --recipe vipamin --backbone mae-vit-b --data ./vtab/dtd --split train800 "
+             "--val val200 --final-split train800val200 --out dtd.safetensors  |  vipamin tune --embeddings "
+             "train.safetensors --val-embeddings val.safetensors --lr 0.05,0.1 --k 2,8 --lambda 0,0.5")
 @handle_errors
 def tune(
     embeddings: Annotated[Path | None, typer.Option("--embeddings", "-e", help="Training embeddings (instead of "
@@ -250,29 +275,70 @@ def tune(
     val: Annotated[str | None, typer.Option("--val", help="Validation split of --data (e.g. val, val200).")] = None,
     val_embeddings: Annotated[Path | None, typer.Option("--val-embeddings", help="Validation embeddings file.")]
     = None,
+    final_split: Annotated[str | None, typer.Option("--final-split", help="After selecting on --val, retrain the "
+                                                    "chosen configuration on this split of --data once per seed "
+                                                    "(--seeds, default the recipe's final seeds); those runs are "
+                                                    "the checkpoint. E.g. --final-split train800val200.")] = None,
+    final_embeddings: Annotated[Path | None, typer.Option("--final-embeddings", help="Embeddings of the final "
+                                                          "split instead of --final-split. E.g. --final-embeddings "
+                                                          "trainval.safetensors.")] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", help="A paper's protocol as defaults: vipamin | vpt | "
+                                               "spt | vapt (see `vipamin recipes`); explicit options override it. "
+                                               "E.g. --recipe vapt.")] = None,
     prompts: Annotated[Path | None, typer.Option("--prompts", help="Initial prompts from `vipamin init`.")] = None,
-    init_method: Annotated[str, typer.Option("--init", help="Init computed now if --prompts is not given: "
-                                             "vipamin | spt | random.")] = "vipamin",
-    init_seed: Annotated[int, typer.Option("--init-seed", help="Seed of the init's random draws.")] = 0,
-    k: Annotated[int, typer.Option("--k", help="VIPAMIN init: K.")] = 8,
-    lam: Annotated[float, typer.Option("--lambda", help="VIPAMIN init: lambda.")] = 0.5,
-    sample: Annotated[str, typer.Option("--sample", help="SPT init: random | mean | max | kmeans.")] = "kmeans",
+    init_method: Annotated[str | None, typer.Option("--init", help="Init computed now if --prompts is not given: "
+                                                    "vipamin | spt | random (default: the recipe's, vipamin).")]
+    = None,
+    init_seed: Annotated[str | None, typer.Option("--init-seed", help="Seed of the init's random draws, or a comma "
+                                                  "list to sweep (default 0). E.g. --init-seed 0,1.")] = None,
+    k: Annotated[str | None, typer.Option("--k", help="VIPAMIN init: K, or a comma list swept with the lr grid "
+                                          "(default 8). E.g. --k 2,8,32,128.")] = None,
+    lam: Annotated[str | None, typer.Option("--lambda", help="VIPAMIN init: lambda, or a comma list (default 0.5). "
+                                            "E.g. --lambda 0,0.5.")] = None,
+    sample: Annotated[str | None, typer.Option("--sample", help="SPT init: random | mean | max | kmeans, or a comma "
+                                               "list (default kmeans). E.g. --sample random,kmeans.")] = None,
     prompt_length: Annotated[int | None, typer.Option("--prompt-length", "-p", help="Prompts (per block); default "
                                                       "100 vpt-shallow, 20 vpt-deep, 10 vapt.")] = None,
-    arch: Annotated[str, typer.Option("--arch", help="vpt-shallow | vpt-deep | vapt.")] = "vpt-shallow",
+    arch: Annotated[str | None, typer.Option("--arch", help="vpt-shallow | vpt-deep | vapt (default: the recipe's, "
+                                             "vpt-shallow).")] = None,
     pool: Annotated[str | None, typer.Option("--pool", help="cls | mean-all | mean-patch (default: the "
                                              "backbone's recipe).")] = None,
-    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 100,
-    warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", help="Linear warm-up epochs.")] = 10,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size (also scales the lr).")] = 32,
-    lr: Annotated[str, typer.Option("--lr", help="Base lr, or a comma list to sweep; scaled by batch/256.")]
-    = "0.1",
-    weight_decay: Annotated[str, typer.Option("--weight-decay", help="Weight decay, or a comma list.")] = "0.01",
-    optimizer: Annotated[str, typer.Option("--optimizer", help="adamw (VIPAMIN recipe) | sgd (VPT recipe).")]
-    = "adamw",
-    prompt_dropout: Annotated[float, typer.Option("--prompt-dropout", help="Dropout on prompts.")] = 0.0,
-    seed: Annotated[int, typer.Option("--seed", help="Training seed (head init, order, dropout).")] = 42,
-    seeds: Annotated[str | None, typer.Option("--seeds", help="Comma list of training seeds (overrides --seed).")]
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs (default 100).")] = None,
+    warmup_epochs: Annotated[int | None, typer.Option("--warmup-epochs", help="Linear warm-up epochs (default 10)."
+                                                      )] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size (default 32; also scales the "
+                                                   "lr with --lr-scaling batch256).")] = None,
+    lr: Annotated[str | None, typer.Option("--lr", help="Base lr, or a comma list to sweep (default 0.1; a recipe: "
+                                           "its grid).")] = None,
+    weight_decay: Annotated[str | None, typer.Option("--weight-decay", help="Weight decay, or a comma list "
+                                                     "(default 0.01).")] = None,
+    optimizer: Annotated[str | None, typer.Option("--optimizer", help="adamw (VIPAMIN, SPT) | sgd (VPT, VAPT).")]
+    = None,
+    lr_scaling: Annotated[str | None, typer.Option("--lr-scaling", help="batch256 (lr x batch/256) | none (SPT). "
+                                                   "E.g. --lr-scaling none.")] = None,
+    schedule_step: Annotated[str | None, typer.Option("--schedule-step", help="Step the warm-up + cosine per epoch "
+                                                      "(VPT) or per iteration (SPT). E.g. --schedule-step "
+                                                      "iteration.")] = None,
+    lr_floor: Annotated[float | None, typer.Option("--lr-floor", help="The lr the cosine ends at (SPT 1e-8). "
+                                                   "E.g. --lr-floor 1e-8.")] = None,
+    decay_groups: Annotated[str | None, typer.Option("--decay-groups", help="matrices (prompts + weight matrices) | "
+                                                     "all-but-head-bias (VAPT). E.g. --decay-groups "
+                                                     "all-but-head-bias.")] = None,
+    head_weight_decay: Annotated[float | None, typer.Option("--head-weight-decay", help="Separate weight decay of "
+                                                            "the head weight (SPT: 0.5 MAE, 3.0 others). E.g. "
+                                                            "--head-weight-decay 0.5.")] = None,
+    ema: Annotated[float | None, typer.Option("--ema", help="Decay of a weight EMA used for validation and the "
+                                              "checkpoint (SPT 0.9999; 0 = none). E.g. --ema 0.9999.")] = None,
+    drop_last: Annotated[bool | None, typer.Option("--drop-last/--no-drop-last", help="Drop each epoch's last "
+                                                   "partial batch (SPT). E.g. --drop-last.")] = None,
+    tie_break: Annotated[str | None, typer.Option("--tie-break", help="Selection ties: smaller-lr | larger-lr "
+                                                  "(VAPT). E.g. --tie-break larger-lr.")] = None,
+    prompt_dropout: Annotated[float | None, typer.Option("--prompt-dropout", help="Dropout on prompts (default 0)."
+                                                         )] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Training seed (head init, order, dropout; default "
+                                             "42).")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Comma list of training seeds (overrides --seed); "
+                                              "with --final-split, the final runs' seeds. E.g. --seeds 42,44,82.")]
     = None,
     vapt_hidden: Annotated[int, typer.Option("--vapt-hidden", help="VAPT projector hidden size.")] = 8,
     vapt_kernel: Annotated[int, typer.Option("--vapt-kernel", help="VAPT conv kernel size.")] = 2,
@@ -282,8 +348,8 @@ def tune(
                                                    "instead of one shared kernel.")] = False,
     vapt_dropout: Annotated[float, typer.Option("--vapt-dropout", help="VAPT: dropout after the conv and in "
                                                 "the projector.")] = 0.1,
-    head_init: Annotated[str, typer.Option("--head-init", help="kaiming (normal, fan_out) | zeros; bias 0.")]
-    = "kaiming",
+    head_init: Annotated[str | None, typer.Option("--head-init", help="kaiming (normal, fan_out) | zeros | "
+                                                  "trunc-normal (std 0.02, SPT); bias 0.")] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images when embedding.")] = 256,
     val_every: Annotated[int, typer.Option("--val-every", help="Validate every N epochs.")] = 1,
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU) | "
@@ -294,38 +360,78 @@ def tune(
                                                    "sweep together in one pass over the backbone (default: all; "
                                                    "1 = one after another). Bounds memory.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint file.")] = Path("checkpoint.safetensors"),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same command.")]
-    = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same command (sweep "
+                                         "or final stage).")] = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     cache_dir: CacheOpt = None,
 ) -> None:
     """Train prompts (and VAPT's generator) plus a linear head on the frozen backbone's cached tokens.
 
-    Lists in --lr / --weight-decay make a sweep selected on --val (last-epoch top-1, ties to the smaller
-    lr); --seeds trains each configuration per seed. Prints the checkpoint path on stdout.
+    Lists in --lr / --weight-decay / --k / --lambda / --sample make a sweep selected on --val
+    (last-epoch top-1); --seeds trains each configuration per seed; --final-split then retrains the
+    selected one on train+val. --recipe sets a paper's defaults. Prints the checkpoint path on stdout.
     """
     from .embed import EmbedConfig
+    from .errors import InputError
     from .inits import InitConfig
-    from .train import TuneConfig
-    from .tune import TuneInputs
-    from .tune import tune as run_tune
+    from .recipes import plan as make_plan
+    from .tune import TuneInputs, tune_plan
 
-    base = TuneConfig(arch=arch, pool=pool, epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size,
-                      optimizer=optimizer, prompt_dropout=prompt_dropout, seed=seed, vapt_hidden=vapt_hidden,
-                      vapt_kernel=vapt_kernel, vapt_first_block=vapt_first_block,
-                      vapt_per_channel=vapt_per_channel, vapt_dropout=vapt_dropout, head_init=head_init,
-                      val_every=val_every)
-    init_cfg = InitConfig(method=init_method, prompt_length=prompt_length, seed=init_seed, k=k, lam=lam,
-                          sample=sample, device=device)
+    if final_split is not None and data is None:
+        raise InputError("--final-split needs --data (and --backbone)", "pass --data, or --final-embeddings FILE")
+    has_final = final_split is not None or final_embeddings is not None
+    seed_list = _numbers(seeds, "--seeds", int) if seeds is not None else None
+    sweep_seeds = ([seed] if seed is not None else None) if has_final else (seed_list or
+                                                                            ([seed] if seed is not None else None))
+    init_grid = _init_grid({"k": (k, "--k", int), "lam": (lam, "--lambda", float), "sample": (sample, "--sample", str),
+                            "seed": (init_seed, "--init-seed", int)})
+    tune_plan_ = make_plan(
+        recipe, lrs=_numbers(lr, "--lr") if lr is not None else None,
+        weight_decays=_numbers(weight_decay, "--weight-decay") if weight_decay is not None else None,
+        seeds=sweep_seeds, final_seeds=seed_list if has_final else None, init_method=init_method,
+        init_grid=init_grid, prompt_length=prompt_length, arch=arch, pool=pool, epochs=epochs,
+        warmup_epochs=warmup_epochs, batch_size=batch_size, optimizer=optimizer, prompt_dropout=prompt_dropout,
+        vapt_hidden=vapt_hidden, vapt_kernel=vapt_kernel, vapt_first_block=vapt_first_block,
+        vapt_per_channel=vapt_per_channel, vapt_dropout=vapt_dropout, head_init=head_init, val_every=val_every,
+        lr_scaling=lr_scaling, schedule_step=schedule_step, lr_floor=lr_floor, decay_groups=decay_groups,
+        head_weight_decay=head_weight_decay, ema=ema, drop_last=drop_last, tie_break=tie_break)
     inputs = TuneInputs(embeddings=embeddings, backbone=backbone, data=data, weights=weights, split=split,
-                        shots=shots, val=val, val_embeddings=val_embeddings, prompts=prompts, init=init_cfg,
+                        shots=shots, val=val, val_embeddings=val_embeddings, prompts=prompts,
+                        init=InitConfig(method=tune_plan_.init_method, device=device),
                         embed_config=EmbedConfig(seed=data_seed, calib_size=calib_size, device=device),
-                        cache_dir=cache_dir)
-    seed_list = _numbers(seeds, "--seeds", int) if seeds is not None else [seed]
-    outcome = run_tune(inputs, base, _numbers(lr, "--lr"), _numbers(weight_decay, "--weight-decay"), seed_list,
-                       out, device=device, resume=resume, grid_batch=grid_batch, precision=precision,
-                       compile_mode=compile_)
+                        cache_dir=cache_dir, final_split=final_split, final_embeddings=final_embeddings)
+    outcome = tune_plan(inputs, tune_plan_, out, device=device, resume=resume, grid_batch=grid_batch,
+                        precision=precision, compile_mode=compile_)
     typer.echo(str(outcome.checkpoint))
+
+
+@app.command(epilog="Example: vipamin recipes --json")
+@handle_errors
+def recipes(
+    name: Annotated[str | None, typer.Argument(help="One recipe (default: all). E.g. vipamin recipes vapt.")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """List the named training recipes (vipamin, vpt, spt, vapt): every value and where it comes from."""
+    from .recipes import get_recipe, list_recipes
+
+    rows = [get_recipe(name).as_dict()] if name else list_recipes()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    from .ui import out_console
+
+    for r in rows:
+        table = Table(title=f"recipe {r['name']}: {r['description']}")
+        for col in ("setting", "value", "source"):
+            table.add_column(col)
+        for key, v in r["values"].items():
+            table.add_row(key, json.dumps(v["value"]), v["source"])
+        out_console().print(table)
+        for note in r["notes"]:
+            out_console().print(f"  note: {note}")
 
 
 @app.command(name="eval", epilog="Example: vipamin eval --checkpoint flowers.safetensors --data ./flowers "

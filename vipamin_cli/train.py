@@ -23,6 +23,11 @@ from .prompted import PromptedViT
 ARCHS = ("vpt-shallow", "vpt-deep", "vapt")
 OPTIMIZERS = ("adamw", "sgd")
 DEFAULT_PROMPTS = {"vpt-shallow": 100, "vpt-deep": 20, "vapt": 10}
+LR_SCALINGS = ("batch256", "none")  # lr * batch / 256 (VPT, VIPAMIN, VAPT) | the base lr as is (SPT)
+SCHEDULE_STEPS = ("epoch", "iteration")
+DECAY_GROUPS = ("matrices", "all-but-head-bias")
+HEAD_INITS = ("kaiming", "zeros", "trunc-normal")
+TIE_BREAKS = ("smaller-lr", "larger-lr")
 
 
 @dataclass
@@ -44,8 +49,21 @@ class TuneConfig:
     vapt_first_block: int = 1
     vapt_per_channel: bool = False
     vapt_dropout: float = 0.1  # Dropout2d after the conv and dropout in the projector's hidden layer
-    head_init: str = "kaiming"  # kaiming (normal, fan_out) | zeros; bias 0 either way
+    head_init: str = "kaiming"  # kaiming (normal, fan_out) | zeros | trunc-normal (std 0.02); bias 0
     val_every: int = 1
+    # Recipe details (defaults: the VIPAMIN recipe; see recipes.py for every paper's values)
+    recipe: str | None = None  # the named recipe these values came from (recorded only)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    eps: float = 1e-6  # AdamW
+    momentum: float = 0.9  # SGD
+    lr_scaling: str = "batch256"
+    schedule_step: str = "epoch"  # epoch: VPT's per-epoch cosine; iteration: SPT's per-step cosine
+    lr_floor: float = 0.0  # the lr the cosine ends at (and warm-up starts from), absolute
+    decay_groups: str = "matrices"  # matrices: prompts + weight matrices; all-but-head-bias: VAPT's
+    head_weight_decay: float | None = None  # SPT: the head weight's own weight decay (None: weight_decay)
+    ema: float = 0.0  # decay of a weight EMA (SPT 0.9999); > 0: validation and checkpoint use the EMA
+    drop_last: bool = False  # drop the last partial batch of each epoch
+    tie_break: str = "smaller-lr"  # selection ties between lrs
 
     def validate(self) -> None:
         if self.arch not in ARCHS:
@@ -70,20 +88,44 @@ class TuneConfig:
         v.integer(self.vapt_first_block, "--vapt-first-block", minimum=1, example=1)
         v.number(self.vapt_dropout, "--vapt-dropout", minimum=0, maximum=1, max_open=True, example=0.1)
         v.integer(self.val_every, "--val-every", minimum=1, example=1)
-        if self.head_init not in ("kaiming", "zeros"):
-            raise InputError(f"unknown --head-init '{self.head_init}'", "use kaiming or zeros")
+        if self.head_init not in HEAD_INITS:
+            raise InputError(f"unknown --head-init '{self.head_init}'", f"use one of {', '.join(HEAD_INITS)}")
+        for value, allowed, option in ((self.lr_scaling, LR_SCALINGS, "--lr-scaling"),
+                                       (self.schedule_step, SCHEDULE_STEPS, "--schedule-step"),
+                                       (self.decay_groups, DECAY_GROUPS, "--decay-groups"),
+                                       (self.tie_break, TIE_BREAKS, "--tie-break")):
+            if value not in allowed:
+                raise InputError(f"unknown {option} '{value}'", f"use one of {', '.join(allowed)}")
+        v.number(self.ema, "--ema", minimum=0, maximum=1, max_open=True, example=0.9999)
+        if self.head_weight_decay is not None:
+            v.number(self.head_weight_decay, "--head-weight-decay", minimum=0, example=0.5)
+        v.number(self.lr_floor, "--lr-floor", minimum=0, example=1e-8)
 
     @property
     def effective_lr(self) -> float:
-        return self.lr * self.batch_size / 256.0
+        return self.lr * self.batch_size / 256.0 if self.lr_scaling == "batch256" else self.lr
+
+    def lr_at(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
+        """The lr of ``step`` within ``epoch``: per epoch (VPT) or per iteration (SPT), with the floor."""
+        if self.schedule_step == "epoch":
+            factor = lr_factor(epoch, self.warmup_epochs, self.epochs)
+        else:
+            factor = lr_factor(epoch * steps_per_epoch + step, self.warmup_epochs * steps_per_epoch,
+                               self.epochs * steps_per_epoch)
+        return self.lr_floor + (self.effective_lr - self.lr_floor) * factor
 
 
 def lr_factor(epoch: int, warmup: int, total: int) -> float:
-    """VPT's schedule, stepped per epoch: linear warm-up from 0, then half a cosine to 0."""
+    """VPT's schedule: linear warm-up from 0, then half a cosine to 0 (units: epochs or iterations)."""
     if epoch < warmup:
         return epoch / max(1, warmup)
     progress = (epoch - warmup) / max(1, total - warmup)
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def epoch_steps(n: int, config: TuneConfig) -> int:
+    """Optimiser steps per epoch over ``n`` images."""
+    return n // config.batch_size if config.drop_last else -(-n // config.batch_size)
 
 
 def build_model(vit: nn.Module, prompts: torch.Tensor, num_classes: int, config: TuneConfig, pool: str,
@@ -103,32 +145,83 @@ def build_model(vit: nn.Module, prompts: torch.Tensor, num_classes: int, config:
                             num_classes=num_classes, adaptive=adaptive)
         if config.head_init == "zeros":
             nn.init.zeros_(model.head.weight)
+        elif config.head_init == "trunc-normal":
+            nn.init.trunc_normal_(model.head.weight, std=0.02)
         else:
             nn.init.kaiming_normal_(model.head.weight, a=0, mode="fan_out")
         nn.init.zeros_(model.head.bias)
     return model
 
 
-def make_optimizer(model: PromptedViT, config: TuneConfig, fused: bool = False) -> torch.optim.Optimizer:
-    """Weight decay on prompts, head weight and VAPT weights; none on biases and norms.
+def decay_groups(model: PromptedViT, config: TuneConfig) -> dict[str, list[str]]:
+    """Names of the trainable tensors per weight decay group: ``decay``, ``head`` and ``no_decay``.
 
-    ``fused`` selects PyTorch's fused CUDA kernel (one launch for all parameters).
+    ``matrices`` (VPT/VIPAMIN): prompts and weight matrices decay, biases and norms do not.
+    ``all-but-head-bias`` (VAPT): every trainable tensor but the head bias decays.
+    ``head`` holds the head weight when SPT's separate head weight decay is set.
     """
-    decay, no_decay = [], []
-    for p in model.parameters():
+    groups: dict[str, list[str]] = {"decay": [], "head": [], "no_decay": []}
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if config.head_weight_decay is not None and name == "head.weight":
+            groups["head"].append(name)
+        elif config.decay_groups == "all-but-head-bias":
+            groups["no_decay" if name == "head.bias" else "decay"].append(name)
+        else:
+            groups["decay" if p.dim() >= 2 else "no_decay"].append(name)
+    return groups
+
+
+def make_optimizer(model: PromptedViT, config: TuneConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """The recipe's optimiser over ``decay_groups``; ``fused`` selects PyTorch's fused CUDA kernel."""
+    params = dict(model.named_parameters())
+    names = decay_groups(model, config)
+    wds = {"decay": config.weight_decay, "head": config.head_weight_decay, "no_decay": 0.0}
+    groups = [{"params": [params[n] for n in names[g]], "weight_decay": wds[g]} for g in ("decay", "head", "no_decay")]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.effective_lr, momentum=0.9)
-    return torch.optim.AdamW(groups, lr=config.effective_lr, betas=(0.9, 0.999), eps=1e-6,
+        return torch.optim.SGD(groups, lr=config.effective_lr, momentum=config.momentum)
+    return torch.optim.AdamW(groups, lr=config.effective_lr, betas=tuple(config.betas), eps=config.eps,
                              **({"fused": True} if fused else {}))
+
+
+class WeightEma:
+    """An exponential moving average of a model's trainable tensors (SPT's EMA), updated per step."""
+
+    def __init__(self, model: PromptedViT, decay: float, state: dict[str, torch.Tensor] | None = None) -> None:
+        self.decay = decay
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.shadow = {n: (state[n].to(p.device) if state else p.detach().clone()) for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for n, p in self.params.items():
+            self.shadow[n].lerp_(p.detach(), 1.0 - self.decay)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {n: t.detach().cpu().clone() for n, t in self.shadow.items()}
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchange live and averaged weights (call twice to restore)."""
+        for n, p in self.params.items():
+            tmp = p.detach().clone()
+            p.copy_(self.shadow[n])
+            self.shadow[n].copy_(tmp)
 
 
 def trainable_state(model: PromptedViT) -> dict[str, torch.Tensor]:
     """Prompt-side parameters and the head: what a checkpoint stores (never the backbone)."""
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if not n.startswith("vit.")}
+
+
+def evaluation_state(model: PromptedViT) -> dict[str, torch.Tensor]:
+    """The weights a finished run is evaluated with: the EMA weights when the recipe keeps an EMA."""
+    state = trainable_state(model)
+    ema = getattr(model, "ema", None)
+    if ema is not None:
+        state.update(ema.state())
+    return state
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -198,23 +291,24 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, torch.Tens
                 states: list[RunState] | None = None, optimizer_states: list[dict[str, torch.Tensor] | None] | None
                 = None, on_epoch: Callable[[list[PromptedViT], list[torch.optim.Optimizer], list[RunState]], None]
                 | None = None, on_step: Callable[[int, torch.Tensor], None] | None = None,
-                tolerate_divergence: bool = False, precision: str = "auto", compile_blocks: bool = False
-                ) -> list[RunState]:
+                tolerate_divergence: bool = False, precision: str = "auto", compile_blocks: bool = False,
+                ema_states: list[dict[str, torch.Tensor] | None] | None = None) -> list[RunState]:
     """Train several configurations in one loop over one frozen backbone (grid batching).
 
     Each configuration keeps its own prompts, head, optimizer, schedule, batch order and seed; the
     backbone runs once per step on the stacked batches of all of them. A configuration trained in
     a group of one is exactly a solo run. With ``tolerate_divergence`` (a sweep) a configuration
     whose loss or weights become non-finite stops updating and is recorded as diverged; otherwise
-    that is an error.
+    that is an error. With ``config.ema`` > 0 each model carries a ``WeightEma`` as ``model.ema``
+    (restored from ``ema_states``); validation uses the averaged weights.
     """
     from .prompted import grid_forward
 
     group = len(models)
     base = configs[0]
-    if any((c.epochs, c.warmup_epochs, c.batch_size) != (base.epochs, base.warmup_epochs, base.batch_size)
-           for c in configs):
-        raise ValueError("a training group shares epochs, warm-up and batch size")
+    shared = ("epochs", "warmup_epochs", "batch_size", "drop_last")
+    if any(tuple(getattr(c, f) for f in shared) != tuple(getattr(base, f) for f in shared) for c in configs):
+        raise ValueError("a training group shares epochs, warm-up, batch size and drop_last")
     states = states or [RunState() for _ in models]
     for m in models:
         m.to(device)
@@ -224,16 +318,28 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, torch.Tens
     for opt, st in zip(opts, optimizer_states or [None] * group, strict=True):
         if st:
             load_optimizer_tensors(opt, st)
+    for m, c, st in zip(models, configs, ema_states or [None] * group, strict=True):
+        m.ema = WeightEma(m, c.ema, st or None) if c.ema > 0 else None
     alive = [not (st.history and st.history[-1].get("diverged")) for st in states]
     tokens, labels = train
     n = tokens.shape[0]
+    steps = epoch_steps(n, base)
+    if steps < 1:
+        raise InputError(f"{n} training images make no full batch of {base.batch_size} with drop_last",
+                         "lower --batch-size or pass --no-drop-last")
+    used = steps * base.batch_size if base.drop_last else n
     loss_fn = nn.CrossEntropyLoss()
     autocast = precision_context(precision, device)
-    for epoch in range(states[0].epoch, base.epochs):
-        lrs = [c.effective_lr * lr_factor(epoch, base.warmup_epochs, base.epochs) for c in configs]
+
+    def set_lrs(epoch: int, step: int) -> list[float]:
+        lrs = [c.lr_at(epoch, step, steps) for c in configs]
         for opt, lr in zip(opts, lrs, strict=True):
             for param_group in opt.param_groups:
                 param_group["lr"] = lr
+        return lrs
+
+    for epoch in range(states[0].epoch, base.epochs):
+        lrs = set_lrs(epoch, 0)
         orders = [torch.randperm(n, generator=torch.Generator().manual_seed(c.seed * 1_000_003 + epoch))
                   for c in configs]
         torch.manual_seed(base.seed * 1_000_003 + epoch)  # dropout draws (a solo run: its own seed)
@@ -241,7 +347,9 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, torch.Tens
             m.train()
         start = time.perf_counter()
         totals = torch.zeros(group, device=device)
-        for i in range(0, n, base.batch_size):
+        for step_index, i in enumerate(range(0, used, base.batch_size)):
+            if step_index and base.schedule_step == "iteration":
+                set_lrs(epoch, step_index)
             idx = [o[i: i + base.batch_size] for o in orders]
             xs = [tokens[j.to(tokens.device)].to(device, non_blocking=True) for j in idx]
             ys = [labels[j.to(labels.device)].to(device, non_blocking=True) for j in idx]
@@ -251,13 +359,15 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, torch.Tens
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             losses.sum().backward()
-            for opt, ok in zip(opts, alive, strict=True):
+            for m, opt, ok in zip(models, opts, alive, strict=True):
                 if ok:
                     opt.step()
+                    if m.ema is not None:
+                        m.ema.update()
             totals += losses.detach() * len(idx[0])
             if on_step is not None:
                 on_step(len(idx[0]), losses.detach())
-        mean_losses = (totals / n).tolist()  # one host sync per epoch
+        mean_losses = (totals / used).tolist()  # one host sync per epoch
         seconds = time.perf_counter() - start
         for g, (m, c, st) in enumerate(zip(models, configs, states, strict=True)):
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": lrs[g], "loss": mean_losses[g], "seconds": seconds}
@@ -273,7 +383,11 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, torch.Tens
                 if val is not None:
                     record["val_top1"] = 0.0
             elif val is not None and ((epoch + 1) % c.val_every == 0 or epoch + 1 == c.epochs):
+                if m.ema is not None:
+                    m.ema.swap()
                 record["val_top1"] = top1(predict(m, val[0], device), val[1])
+                if m.ema is not None:
+                    m.ema.swap()
                 if st.best is None or record["val_top1"] > st.best["val_top1"]:
                     st.best = {"epoch": epoch + 1, "val_top1": record["val_top1"]}
             st.history.append(record)

@@ -10,6 +10,7 @@ every epoch; ``--resume`` continues from it and it is removed once the checkpoin
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import statistics
@@ -37,7 +38,7 @@ from .ui import err_console, info, progress_bar
 
 @dataclass
 class TuneInputs:
-    """Where the data, validation data and initial prompts come from."""
+    """Where the data, validation data, final-run data and initial prompts come from."""
 
     embeddings: str | os.PathLike | None = None
     backbone: str | None = None
@@ -49,15 +50,34 @@ class TuneInputs:
     val_embeddings: str | os.PathLike | None = None
     prompts: str | os.PathLike | None = None
     init: Any = None  # an InitConfig when prompts are computed on the fly
+    init_grid: list[Any] | None = None  # several InitConfigs swept with the lr / wd grid (overrides init)
     embed_config: Any = None
     cache_dir: str | os.PathLike | None = None
+    final_split: str | None = None  # a split of --data the selected configuration is retrained on
+    final_embeddings: str | os.PathLike | None = None  # or its embeddings file
+
+    @property
+    def has_final(self) -> bool:
+        return self.final_split is not None or self.final_embeddings is not None
+
+
+@dataclass
+class GridPoint:
+    """One configuration of the grid: which init configuration seeds it and how it trains.
+
+    The grid is a plain list of these (init-major, then lr, weight decay, seed), so it can be
+    split into shards that train independently.
+    """
+
+    init_index: int
+    config: TuneConfig
 
 
 @dataclass
 class TuneOutcome:
     checkpoint: Path
     sweep: dict[str, Any]
-    models: list[Any]  # the selected runs trained in this call (not those restored by --resume)
+    models: list[Any]  # the checkpoint's runs trained in this call (not those restored by --resume)
     backbone: Any
 
 
@@ -87,9 +107,21 @@ def check_compatible(a: dict[str, Any], b: dict[str, Any], what_a: str, what_b: 
                             "use splits of the same dataset (same class list)")
 
 
-def _initial_prompts(inputs: TuneInputs, train: Artifact, arch: str, out: Path) -> tuple[torch.Tensor, dict]:
-    """Prompts from --prompts, or computed now with --init and saved beside the checkpoint."""
-    from .inits import InitConfig, init_prompts
+def init_configs(inputs: TuneInputs) -> list[Any]:
+    """The init configurations to sweep: ``init_grid``, else the single ``init`` (default VIPAMIN)."""
+    from .inits import InitConfig
+
+    if inputs.init_grid is not None:
+        if not inputs.init_grid:
+            raise InputError("the init grid is empty", "pass at least one value to each init option")
+        return list(inputs.init_grid)
+    return [inputs.init or InitConfig()]
+
+
+def _initial_prompts(inputs: TuneInputs, train: Artifact, arch: str, out: Path, init: Any,
+                     suffix: str = "") -> tuple[torch.Tensor, dict]:
+    """Prompts from --prompts, or computed now from ``init`` and saved beside the checkpoint."""
+    from .inits import init_prompts
 
     if inputs.prompts is not None:
         art = load_artifact(inputs.prompts, "prompts", what="--prompts")
@@ -98,13 +130,12 @@ def _initial_prompts(inputs: TuneInputs, train: Artifact, arch: str, out: Path) 
                   "config": art.meta["config"]}
         prompts = art["prompts"]
     else:
-        cfg: InitConfig = inputs.init or InitConfig()
-        cfg = replace(cfg, deep=arch == "vpt-deep", prompt_length=cfg.prompt_length or DEFAULT_PROMPTS[arch])
-        dest = out.with_name(out.name.removesuffix(".safetensors") + ".prompts.safetensors")
-        outcome = init_prompts(cfg, embeddings=train.path, out=dest)
+        cfg = replace(init, deep=arch == "vpt-deep", prompt_length=init.prompt_length or DEFAULT_PROMPTS[arch])
+        dest = out.with_name(out.name.removesuffix(".safetensors") + f".prompts{suffix}.safetensors")
+        outcome = init_prompts(cfg, embeddings=train.path, out=dest, show_progress=False)
         prompts = outcome.tensors["prompts"]
         source = {"file": str(dest), "digest": read_metadata(dest)["digest"], "method": cfg.method,
-                  "config": outcome.meta["config"]}
+                  "config": outcome.meta["config"], "embeddings": train.meta["digest"]}
     if arch == "vpt-deep" and prompts.dim() != 3:
         raise InputError("--arch vpt-deep needs deep prompts (one set per block)", "initialise with `init --deep`")
     if arch == "vpt-shallow" and prompts.dim() != 2:
@@ -131,7 +162,7 @@ def _check_geometry(base: TuneConfig, vit: torch.nn.Module, grid: tuple[int, int
     depth = len(vit.blocks)
     if base.arch == "vapt":
         v.vapt_geometry(base.vapt_kernel, base.vapt_first_block, depth, grid)
-    length = (inputs.init.prompt_length if inputs.init is not None and inputs.prompts is None else None)
+    length = (max(init.prompt_length or 0 for init in init_configs(inputs)) if inputs.prompts is None else 0)
     length = length or DEFAULT_PROMPTS[base.arch]
     tokens = int(train["tokens"].shape[1])
     need = v.prompt_memory(length, int(vit.embed_dim), depth if base.arch == "vpt-deep" else 1, tokens,
@@ -139,37 +170,176 @@ def _check_geometry(base: TuneConfig, vit: torch.nn.Module, grid: tuple[int, int
     v.memory_fits(need, "--prompt-length", length, dev, "pass a smaller --prompt-length or --batch-size")
 
 
-def select(runs: list[dict[str, Any]]) -> tuple[float, float]:
-    """The (lr, wd) with the best mean last-epoch val top-1 over seeds; ties go to the smaller lr."""
-    groups: dict[tuple[float, float], list[float]] = {}
+def _init_key(r: dict[str, Any]) -> int:
+    return int(r.get("init_index", 0))
+
+
+def select(runs: list[dict[str, Any]], tie_break: str = "smaller-lr") -> tuple[int, float, float]:
+    """The (init config, lr, wd) with the best mean last-epoch val top-1 over seeds.
+
+    Ties go to the smaller lr (``larger-lr``: the larger, as VAPT), then the smaller weight decay,
+    then the earlier init configuration.
+    """
+    groups: dict[tuple[int, float, float], list[float]] = {}
     for r in runs:
-        groups.setdefault((r["config"]["lr"], r["config"]["weight_decay"]), []).append(r["final_val_top1"])
-    return max(groups, key=lambda k: (statistics.fmean(groups[k]), -k[0], -k[1]))
+        key = (_init_key(r), r["config"]["lr"], r["config"]["weight_decay"])
+        groups.setdefault(key, []).append(r["final_val_top1"])
+    sign = 1.0 if tie_break == "larger-lr" else -1.0
+    return max(groups, key=lambda k: (statistics.fmean(groups[k]), sign * k[1], -k[2], -k[0]))
+
+
+def grid_points(base: TuneConfig, lrs: list[float], weight_decays: list[float], seeds: list[int],
+                num_inits: int = 1) -> list[GridPoint]:
+    """The sweep as an explicit list: init configuration x lr x weight decay x seed."""
+    for what, values in (("--lr", lrs), ("--weight-decay", weight_decays), ("--seeds", seeds)):
+        if not values:
+            raise InputError(f"{what} is empty", f"pass at least one value to {what}")
+    return [GridPoint(i, replace(base, lr=lr, weight_decay=wd, seed=s))
+            for i in range(num_inits) for lr in lrs for wd in weight_decays for s in seeds]
 
 
 def _partial_path(out: Path) -> Path:
     return out.with_name(out.name.removesuffix(".safetensors") + ".partial.safetensors")
 
 
+def _plain(obj: Any) -> Any:
+    """What a value looks like after a JSON round trip (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(obj))
+
+
+@dataclass
+class _Stage:
+    """One training stage (the sweep, or the final runs) and its resume state."""
+
+    name: str
+    points: list[GridPoint]
+    prompts: list[torch.Tensor]  # per init index
+    train_xy: tuple[torch.Tensor, torch.Tensor]
+    val_xy: tuple[torch.Tensor, torch.Tensor] | None
+    done: list[dict[str, Any]]
+    done_tensors: dict[str, torch.Tensor]
+    current: dict[str, Any] | None = None
+    current_tensors: dict[str, torch.Tensor] | None = None
+
+
+def _run_stage(stage: _Stage, backbone: Any, num_classes: int, pool: str, grid: tuple[int, int], dev: torch.device,
+               grid_batch: int, partial: Path, partial_meta: dict[str, Any], show_progress: bool, on_epoch: Any,
+               precision: str, compile_blocks: bool, tolerate: bool) -> dict[int, Any]:
+    """Train the stage's remaining points ``grid_batch`` at a time, saving resume state every epoch."""
+    from .train import epoch_steps, evaluation_state
+
+    configs = [pt.config for pt in stage.points]
+    base = configs[0]
+    models: dict[int, Any] = {}
+    per_epoch = epoch_steps(stage.train_xy[0].shape[0], base)
+    total_steps = -(-len(configs) // grid_batch) * base.epochs * per_epoch
+    done, done_tensors = stage.done, stage.done_tensors
+    wants_stage = on_epoch is not None and len(inspect.signature(on_epoch).parameters) >= 3
+    current, current_tensors = stage.current, stage.current_tensors or {}
+    with progress_bar(f"tune ({stage.name})", total_steps, show_progress) as bar:
+        bar.advance((len(done) // grid_batch) * base.epochs * per_epoch)
+        for first in range(len(done), len(configs), grid_batch):
+            indices = list(range(first, min(first + grid_batch, len(configs))))
+            group_cfgs = [configs[i] for i in indices]
+            group = [build_model(backbone.model, stage.prompts[stage.points[i].init_index], num_classes, c, pool,
+                                 grid) for i, c in zip(indices, group_cfgs, strict=True)]
+            states, opt_states, ema_states = None, None, None
+            if current is not None and current["indices"] == indices:
+                states, opt_states, ema_states = [], [], []
+                for g, m in enumerate(group):
+                    mine = {k[len(f"cur{g}."):]: v for k, v in current_tensors.items() if k.startswith(f"cur{g}.")}
+                    m.load_state_dict({k: v for k, v in mine.items() if not k.startswith(("optim.", "ema."))},
+                                      strict=False)
+                    opt_states.append({k[len("optim."):]: v for k, v in mine.items() if k.startswith("optim.")})
+                    ema_states.append({k[len("ema."):]: v for k, v in mine.items() if k.startswith("ema.")})
+                    states.append(RunState(**current["states"][g]))
+                bar.advance(states[0].epoch * per_epoch)
+
+            live: dict[str, str] = {}
+
+            def save_progress(ms, opts, sts, indices=indices, live=live):
+                last = sts[0].history[-1]
+                live["lr"] = f"{last['lr']:.2e}"
+                if "val_top1" in last:
+                    live["val"] = f"{max(st.history[-1].get('val_top1', 0.0) for st in sts):.1f}%"
+                tensors = dict(done_tensors)
+                for g, (m, opt) in enumerate(zip(ms, opts, strict=True)):
+                    tensors.update({f"cur{g}.{k}": v for k, v in trainable_state(m).items()})
+                    tensors.update({f"cur{g}.optim.{k}": v for k, v in optimizer_tensors(opt).items()})
+                    if m.ema is not None:
+                        tensors.update({f"cur{g}.ema.{k}": v for k, v in m.ema.state().items()})
+                meta = partial_meta | {"partial": True, "stage": stage.name, "done": done,
+                                       "current": {"indices": indices, "states": [vars(st) for st in sts]}}
+                save_artifact(partial, tensors, "checkpoint", meta)
+                if on_epoch is not None:
+                    on_epoch(indices[0], sts[0], *([stage.name] if wants_stage else []))
+
+            counter = {"steps": 0}
+
+            def step(n, losses, cfgs=group_cfgs, counter=counter, live=live):
+                counter["steps"] += 1
+                if counter["steps"] % 10 == 0:  # reading the loss syncs the device: only now and then
+                    label = (f"lr={cfgs[0].lr:g} wd={cfgs[0].weight_decay:g} seed={cfgs[0].seed}" if len(cfgs) == 1
+                             else f"{len(cfgs)} configs")
+                    bar.advance(10, run=label, loss=f"{float(losses.float().mean()):.3f}", **live)
+
+            try:
+                states = train_group(group, stage.train_xy, stage.val_xy, group_cfgs, dev, states=states,
+                                     optimizer_states=opt_states, on_epoch=save_progress,
+                                     on_step=step if show_progress else None, tolerate_divergence=tolerate,
+                                     precision=precision, compile_blocks=compile_blocks, ema_states=ema_states)
+            except KeyboardInterrupt:
+                runs = (f"run {indices[0] + 1}" if len(indices) == 1
+                        else f"runs {indices[0] + 1}-{indices[-1] + 1}")
+                kept = (f"{partial} keeps {runs} of {len(configs)} ({stage.name}) at the last completed epoch"
+                        if partial.exists() else "no epoch had completed, nothing was kept")
+                raise Interrupted(f"tune interrupted; {kept}", "run the same command with --resume") from None
+            if show_progress:
+                bar.advance(counter["steps"] % 10)
+            for i, m, st, c in zip(indices, group, states, group_cfgs, strict=True):
+                done.append({"config": config_dict(c), "init_index": stage.points[i].init_index,
+                             "history": st.history, "best": st.best,
+                             "final_val_top1": st.history[-1].get("val_top1") if st.history else None,
+                             "final_train_loss": st.history[-1]["loss"],
+                             "diverged": bool(st.history and st.history[-1].get("diverged"))})
+                final_state = evaluation_state(m)  # the EMA weights when the recipe keeps an EMA
+                done_tensors.update({f"done{i}.{k}": v for k, v in final_state.items()})
+                m.load_state_dict(final_state, strict=False)
+                models[i] = m.cpu()
+            current = None
+    return models
+
+
 def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: list[float], seeds: list[int],
          out: str | os.PathLike, device: str = "auto", resume: bool = False, show_progress: bool = True,
          on_epoch: Any = None, grid_batch: int | None = None, precision: str = "auto",
-         compile_mode: str = "auto") -> TuneOutcome:
-    """Train every (lr, weight decay, seed) configuration, select on validation, write the checkpoint.
+         compile_mode: str = "auto", final_seeds: list[int] | None = None, recipe: Any = None) -> TuneOutcome:
+    """Train every (init config, lr, weight decay, seed) point, select on validation, write the checkpoint.
 
-    Configurations are trained ``grid_batch`` at a time in one loop over the frozen backbone
-    (default: all at once); ``grid_batch=1`` trains them one after another.
+    Points are trained ``grid_batch`` at a time in one loop over the frozen backbone (default: all
+    at once; 1 = one after another). The init configurations are ``inputs.init_grid`` (or the single
+    ``inputs.init``); each one's prompts are computed once. With ``inputs.final_split`` (or
+    ``final_embeddings``) the selected point is then retrained on that split once per seed of
+    ``final_seeds`` (default ``seeds``), its init recomputed from the final split's statistics, and
+    those runs become the checkpoint (the sweep stays in its metadata). ``recipe`` (a
+    ``recipes.TunePlan``) records the recipe and resolves backbone-dependent values (SPT's head
+    weight decay). ``on_epoch(first_index, state, stage)`` is called after each saved epoch.
     """
-    out, dev, precision_used, compile_blocks, configs = check_tune_request(
-        inputs, base, lrs, weight_decays, seeds, out, device, grid_batch, precision, compile_mode)
+    if inputs.prompts is not None and inputs.init_grid is not None and len(inputs.init_grid) > 1:
+        raise InputError("--prompts and an init grid exclude each other", "drop --prompts or pass one init value")
+    if final_seeds is not None and not final_seeds:
+        raise InputError("--seeds for the final runs is empty", "pass e.g. --seeds 42,44,82")
+    out, dev, precision_used, compile_blocks, _ = check_tune_request(
+        inputs, base, lrs, weight_decays, seeds, out, device, grid_batch, precision, compile_mode, final_seeds)
     with output_lock(out):
-        return _tune(inputs, base, lrs, weight_decays, configs, out, dev, resume, show_progress, on_epoch,
-                     grid_batch, precision_used, compile_blocks)
+        return _tune(inputs, base, lrs, weight_decays, seeds, out, dev, resume, show_progress, on_epoch, grid_batch,
+                     precision_used, compile_blocks, final_seeds, recipe)
 
 
 def check_tune_request(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: list[float],
                        seeds: list[int], out: str | os.PathLike, device: str, grid_batch: int | None,
-                       precision: str, compile_mode: str) -> tuple[Path, torch.device, str, bool, list[TuneConfig]]:
+                       precision: str, compile_mode: str, final_seeds: list[int] | None = None,
+                       ) -> tuple[Path, torch.device, str, bool, list[TuneConfig]]:
     """Every check that needs no data, before any work: options, the output path, the runtime settings."""
     from . import validate as v
     from .embed import resolve_device
@@ -188,8 +358,10 @@ def check_tune_request(inputs: TuneInputs, base: TuneConfig, lrs: list[float], w
     for c in configs:
         c.validate()
     v.integer(grid_batch, "--grid-batch", minimum=1, example=4, optional=True)
-    if inputs.init is not None:
-        inputs.init.validate({"seed": "--init-seed"})
+    for init in ([inputs.init] if inputs.init is not None else []) + list(inputs.init_grid or []):
+        init.validate({"seed": "--init-seed"})
+    for s in final_seeds or []:
+        v.seed(s, "--seeds")
     if inputs.embed_config is not None:
         inputs.embed_config.validate({"seed": "--data-seed"})
     if inputs.shots is not None:
@@ -200,7 +372,8 @@ def check_tune_request(inputs: TuneInputs, base: TuneConfig, lrs: list[float], w
         raise InputError(f"unknown --compile '{compile_mode}'", "use auto, on or off")
     dev = resolve_device(device)
     out = v.output_path(out, "--out", [("--embeddings", inputs.embeddings), ("--val-embeddings", inputs.val_embeddings),
-                                       ("--prompts", inputs.prompts)])
+                                       ("--prompts", inputs.prompts),
+                                       ("--final-embeddings", inputs.final_embeddings)])
     for extra in (_partial_path(out), out.with_name(out.name.removesuffix(".safetensors") + ".sweep.json")):
         v.output_path(extra, f"--out's {extra.name}", [("--embeddings", inputs.embeddings),
                                                         ("--val-embeddings", inputs.val_embeddings),
@@ -258,43 +431,62 @@ def output_lock(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: list[float],
-          configs: list[TuneConfig], out: Path, dev: torch.device, resume: bool, show_progress: bool, on_epoch: Any,
-          grid_batch: int | None, precision: str, compile_blocks: bool) -> TuneOutcome:
+def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: list[float], seeds: list[int],
+          out: Path, dev: torch.device, resume: bool, show_progress: bool, on_epoch: Any, grid_batch: int | None,
+          precision: str, compile_blocks: bool, final_seeds: list[int] | None, recipe: Any) -> TuneOutcome:
     from .backbones import load_backbone_from_identity
+    from .recipes import for_backbone
 
+    inits = init_configs(inputs)
     train = _embeddings(inputs, inputs.split, inputs.embeddings, "tune")
+    identity = train.meta["backbone"]
+    if recipe is not None and base.head_weight_decay is None:
+        base = replace(base, head_weight_decay=for_backbone(recipe, identity.get("family", "")).head_weight_decay)
+    points = grid_points(base, lrs, weight_decays, seeds, len(inits))
+    for pt in points:
+        pt.config.validate()
     val = None
     if inputs.val_embeddings is not None or inputs.val is not None:
         val = _embeddings(inputs, inputs.val, inputs.val_embeddings, "validation")
         check_compatible(train.meta, val.meta, "the training embeddings", "the validation embeddings")
         if val["labels"].numel() == 0:
             raise InputError("the validation split is empty", "pass a non-empty --val split")
-    sweeping = len(lrs) * len(weight_decays) > 1
+    final = None
+    if inputs.has_final:
+        final = _embeddings(inputs, inputs.final_split, inputs.final_embeddings, "the final runs (--final-split)")
+        check_compatible(train.meta, final.meta, "the training embeddings", "the final-split embeddings")
+    sweeping = len(lrs) * len(weight_decays) * len(inits) > 1
     if sweeping and val is None:
-        raise InputError("a sweep over several lr / weight decay values needs validation data",
+        raise InputError("a sweep over several init / lr / weight decay values needs validation data",
                          "pass --val SPLIT or --val-embeddings FILE")
-    identity = train.meta["backbone"]
     backbone = load_backbone_from_identity(identity)
     grid = (identity["img_size"] // identity["patch"],) * 2
     _check_geometry(base, backbone.model, grid, train, inputs, dev)
-    prompts, init_source = _initial_prompts(inputs, train, base.arch, out)
+    sources = []
+    prompts = []
+    for i, init in enumerate(inits):
+        p, src = _initial_prompts(inputs, train, base.arch, out, init, suffix=f"-{i}" if len(inits) > 1 else "")
+        prompts.append(p)
+        sources.append(src)
     pool = base.pool or identity["pool"]
+    grid = (identity["img_size"] // identity["patch"],) * 2
     num_classes = len(train.meta["data"]["class_names"])
-    train_xy = (_device_tokens(train["tokens"], dev), train["labels"].to(dev if dev.type == "cuda" else "cpu"))
-    val_xy = (val["tokens"], val["labels"]) if val is not None else None
 
-    tolerate = len(configs) > 1
+    def on_device(art: Artifact) -> tuple[torch.Tensor, torch.Tensor]:
+        return _device_tokens(art["tokens"], dev), art["labels"].to(dev if dev.type == "cuda" else "cpu")
+
+    configs = [pt.config for pt in points]
     grid_batch = max(1, min(grid_batch or len(configs), len(configs)))
-    signature = {"configs": [config_dict(c) for c in configs], "train": train.meta["digest"],
-                 "val": val.meta["digest"] if val is not None else None, "init": init_source["digest"],
-                 "pool": pool, "grid_batch": grid_batch,
-                 "runtime": {"precision": precision, "compile": compile_blocks, "device": dev.type}}
+    final_seed_list = list(final_seeds) if final_seeds is not None else list(seeds)
+    signature = _plain({"configs": [config_dict(c) for c in configs], "init_index": [pt.init_index for pt in points],
+                        "train": train.meta["digest"], "val": val.meta["digest"] if val is not None else None,
+                        "init": [s["digest"] for s in sources], "pool": pool, "grid_batch": grid_batch,
+                        "final": final.meta["digest"] if final is not None else None,
+                        "final_seeds": final_seed_list if final is not None else None,
+                        "runtime": {"precision": precision, "compile": compile_blocks, "device": dev.type}})
     partial = _partial_path(out)
-    done: list[dict[str, Any]] = []
-    done_tensors: dict[str, torch.Tensor] = {}
-    current: dict[str, Any] | None = None
-    current_tensors: dict[str, torch.Tensor] = {}
+    stage_name, done, done_tensors, current, current_tensors = "sweep", [], {}, None, {}
+    sweep_done: list[dict[str, Any]] | None = None
     if resume:
         if not partial.exists():
             raise InputError(f"nothing to resume: {partial} does not exist", "run without --resume")
@@ -302,109 +494,99 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
         if part.meta.get("signature") != signature:
             raise InputError(f"{partial} belongs to a run with other options or inputs",
                              "repeat the original command with --resume, or delete the file to start over")
+        stage_name = part.meta.get("stage", "sweep")
+        sweep_done = part.meta.get("sweep_done")
         done = part.meta["done"]
         done_tensors = {k: v for k, v in part.tensors.items() if k.startswith("done")}
         current = part.meta.get("current")
         current_tensors = {k: v for k, v in part.tensors.items() if k.startswith("cur")}
-        info(f"resuming: {len(done)} of {len(configs)} runs done, current group at epoch "
+        info(f"resuming the {stage_name}: {len(done)} runs done, current group at epoch "
              f"{current['states'][0]['epoch'] if current else 0}")
 
     common_meta = {"backbone": identity, "preprocessing": train.meta["preprocessing"], "data": train.meta["data"],
                    "embeddings": {"train": train.meta["digest"], "val": val.meta["digest"] if val else None,
                                   "train_split": train.meta["data"]["split"],
                                   "val_split": val.meta["data"]["split"] if val else None},
-                   "init": init_source, "arch": base.arch, "pool": pool, "grid": list(grid),
+                   "init": sources[0] if len(sources) == 1 else {"grid": sources}, "arch": base.arch, "pool": pool,
+                   "grid": list(grid), "num_classes": num_classes,
                    "runtime": {"precision": precision, "compile": compile_blocks, "device": dev.type},
-                   "num_classes": num_classes}
-
+                   "recipe": {"name": recipe.recipe, "values": recipe.resolved} if recipe is not None else None}
+    run_kw = {"backbone": backbone, "num_classes": num_classes, "pool": pool, "grid": grid, "dev": dev,
+              "grid_batch": grid_batch, "partial": partial, "show_progress": show_progress, "on_epoch": on_epoch,
+              "precision": precision, "compile_blocks": compile_blocks}
     models: dict[int, Any] = {}
-    steps_per_epoch = -(-train_xy[0].shape[0] // base.batch_size)
-    total_steps = -(-len(configs) // grid_batch) * base.epochs * steps_per_epoch
-    with progress_bar("tune", total_steps, show_progress) as bar:
-        bar.advance((len(done) // grid_batch) * base.epochs * steps_per_epoch)
-        for first in range(len(done), len(configs), grid_batch):
-            indices = list(range(first, min(first + grid_batch, len(configs))))
-            group_cfgs = [configs[i] for i in indices]
-            group = [build_model(backbone.model, prompts, num_classes, c, pool, grid) for c in group_cfgs]
-            states, opt_states = None, None
-            if current is not None and current["indices"] == indices:
-                states, opt_states = [], []
-                for g, m in enumerate(group):
-                    mine = {k[len(f"cur{g}."):]: v for k, v in current_tensors.items() if k.startswith(f"cur{g}.")}
-                    m.load_state_dict({k: v for k, v in mine.items() if not k.startswith("optim.")}, strict=False)
-                    opt_states.append({k[len("optim."):]: v for k, v in mine.items() if k.startswith("optim.")})
-                    states.append(RunState(**current["states"][g]))
-                bar.advance(states[0].epoch * steps_per_epoch)
-
-            live: dict[str, str] = {}
-
-            def save_progress(ms, opts, sts, indices=indices, live=live):
-                last = sts[0].history[-1]
-                live["lr"] = f"{last['lr']:.2e}"
-                if "val_top1" in last:
-                    live["val"] = f"{max(st.history[-1].get('val_top1', 0.0) for st in sts):.1f}%"
-                tensors = dict(done_tensors)
-                for g, (m, opt) in enumerate(zip(ms, opts, strict=True)):
-                    tensors.update({f"cur{g}.{k}": v for k, v in trainable_state(m).items()})
-                    tensors.update({f"cur{g}.optim.{k}": v for k, v in optimizer_tensors(opt).items()})
-                meta = common_meta | {"partial": True, "signature": signature, "done": done,
-                                      "current": {"indices": indices, "states": [vars(st) for st in sts]}}
-                save_artifact(partial, tensors, "checkpoint", meta)
-                if on_epoch is not None:
-                    on_epoch(indices[0], sts[0])
-
-            counter = {"steps": 0}
-
-            def step(n, losses, cfgs=group_cfgs, counter=counter, live=live):
-                counter["steps"] += 1
-                if counter["steps"] % 10 == 0:  # reading the loss syncs the device: only now and then
-                    label = (f"lr={cfgs[0].lr:g} wd={cfgs[0].weight_decay:g} seed={cfgs[0].seed}" if len(cfgs) == 1
-                             else f"{len(cfgs)} configs")
-                    bar.advance(10, run=label, loss=f"{float(losses.float().mean()):.3f}", **live)
-
-            try:
-                states = train_group(group, train_xy, val_xy, group_cfgs, dev, states=states,
-                                     optimizer_states=opt_states, on_epoch=save_progress,
-                                     on_step=step if show_progress else None, tolerate_divergence=tolerate,
-                                     precision=precision, compile_blocks=compile_blocks)
-            except KeyboardInterrupt:
-                runs = (f"run {indices[0] + 1}" if len(indices) == 1
-                        else f"runs {indices[0] + 1}-{indices[-1] + 1}")
-                kept = (f"{partial} keeps {runs} of {len(configs)} at the last completed epoch"
-                        if partial.exists() else "no epoch had completed, nothing was kept")
-                raise Interrupted(f"tune interrupted; {kept}", "run the same command with --resume") from None
-            if show_progress:
-                bar.advance(counter["steps"] % 10)
-            for i, m, st, c in zip(indices, group, states, group_cfgs, strict=True):
-                done.append({"config": config_dict(c), "history": st.history, "best": st.best,
-                             "final_val_top1": st.history[-1].get("val_top1") if st.history else None,
-                             "final_train_loss": st.history[-1]["loss"],
-                             "diverged": bool(st.history and st.history[-1].get("diverged"))})
-                done_tensors.update({f"done{i}.{k}": v for k, v in trainable_state(m).items()})
-                models[i] = m.cpu()
-            current = None
-
-    chosen = select(done) if val is not None else (configs[0].lr, configs[0].weight_decay)
-    selected = [i for i, r in enumerate(done)
-                if (r["config"]["lr"], r["config"]["weight_decay"]) == chosen]
+    if stage_name == "sweep":
+        stage = _Stage("sweep", points, prompts, on_device(train), (val["tokens"], val["labels"]) if val else None,
+                       done, done_tensors, current, current_tensors)
+        models = _run_stage(stage, partial_meta=common_meta | {"signature": signature}, tolerate=len(points) > 1,
+                            **run_kw)
+        sweep_done = done
+    tie_break = base.tie_break
+    chosen = select(sweep_done, tie_break) if val is not None else (0, configs[0].lr, configs[0].weight_decay)
+    criterion = (f"mean last-epoch val top-1 over seeds; ties to the {tie_break.split('-')[0]} lr, "
+                 "then the smaller weight decay, then the earlier init config")
+    sweep = {"criterion": criterion,
+             "chosen": {"init_index": chosen[0], "lr": chosen[1], "weight_decay": chosen[2],
+                        "init": sources[chosen[0]]["config"]},
+             "inits": sources, "runs": sweep_done}
     tensors: dict[str, torch.Tensor] = {}
     runs = []
-    for j, i in enumerate(selected):
-        tensors.update({f"run{j}.{k.split('.', 1)[1]}": v for k, v in done_tensors.items()
-                        if k.startswith(f"done{i}.")})
-        runs.append(done[i])
-    sweep = {"criterion": "mean last-epoch val top-1 over seeds; ties to the smaller lr",
-             "chosen": {"lr": chosen[0], "weight_decay": chosen[1]}, "runs": done}
-    meta = common_meta | {"runs": runs, "selection": sweep["chosen"], "sweep_size": len(done)}
+    if final is None:
+        selected = [i for i, r in enumerate(sweep_done)
+                    if (_init_key(r), r["config"]["lr"], r["config"]["weight_decay"]) == chosen]
+        for j, i in enumerate(selected):
+            tensors.update({f"run{j}.{k.split('.', 1)[1]}": v for k, v in done_tensors.items()
+                            if k.startswith(f"done{i}.")})
+            runs.append(sweep_done[i])
+        out_models = [models[i] for i in selected if i in models]
+        final_meta: dict[str, Any] = {}
+    else:
+        # Stage 2: the selected point, retrained on the final split per seed, init from that split.
+        chosen_cfg = next(pt.config for pt in points if (pt.init_index, pt.config.lr, pt.config.weight_decay)
+                          == chosen)
+        final_prompts, final_source = _initial_prompts(inputs, final, base.arch, out, inits[chosen[0]],
+                                                       suffix="-final")
+        final_points = [GridPoint(0, replace(chosen_cfg, seed=s)) for s in final_seed_list]
+        if stage_name == "sweep":
+            done, done_tensors, current, current_tensors = [], {}, None, {}
+        stage = _Stage("final", final_points, [final_prompts], on_device(final), None, done, done_tensors,
+                       current, current_tensors)
+        final_models = _run_stage(stage, partial_meta=common_meta | {"signature": signature,
+                                                                     "sweep_done": sweep_done},
+                                  tolerate=False, **{**run_kw, "grid_batch": max(1, min(grid_batch,
+                                                                                        len(final_points)))})
+        for j, r in enumerate(done):
+            tensors.update({f"run{j}.{k.split('.', 1)[1]}": v for k, v in done_tensors.items()
+                            if k.startswith(f"done{j}.")})
+            runs.append(r)
+        out_models = [final_models[j] for j in range(len(done)) if j in final_models]
+        final_meta = {"final": {"split": final.meta["data"]["split"], "embeddings": final.meta["digest"],
+                                "num_images": int(final["labels"].numel()), "seeds": final_seed_list,
+                                "init": final_source}}
+        common_meta = common_meta | {"init": final_source}
+    meta = common_meta | final_meta | {"runs": runs, "selection": sweep["chosen"], "sweep_size": len(sweep_done),
+                                       "sweep": sweep}
     save_artifact(out, tensors, "checkpoint", meta)
     sweep_path = out.with_name(out.name.removesuffix(".safetensors") + ".sweep.json")
     with atomic_path(sweep_path) as tmp:
         tmp.write_text(json.dumps(sweep, indent=2))
     partial.unlink(missing_ok=True)
-    if len(done) > 1:
+    if len(sweep_done) > 1:
         render_sweep(sweep)
-    return TuneOutcome(checkpoint=out, sweep=sweep, models=[models[i] for i in selected if i in models],
-                       backbone=backbone)
+    return TuneOutcome(checkpoint=out, sweep=sweep, models=out_models, backbone=backbone)
+
+
+def tune_plan(inputs: TuneInputs, plan: Any, out: str | os.PathLike, **kwargs: Any) -> TuneOutcome:
+    """`tune` driven by a resolved recipe (``recipes.plan(...)``): its grids, init sweep and final seeds."""
+    from .inits import InitConfig
+
+    if inputs.init_grid is None and inputs.prompts is None:
+        template = inputs.init or InitConfig(method=plan.init_method)
+        template = replace(template, method=plan.init_method, prompt_length=template.prompt_length
+                           or plan.prompt_length)
+        inputs = replace(inputs, init_grid=[replace(template, **g) for g in plan.init_grid])
+    return tune(inputs, plan.base, plan.lrs, plan.weight_decays, plan.seeds, out,
+                final_seeds=plan.final_seeds if inputs.has_final else None, recipe=plan, **kwargs)
 
 
 def render_sweep(sweep: dict[str, Any]) -> None:
