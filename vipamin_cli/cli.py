@@ -163,8 +163,15 @@ def init(
     k: Annotated[int, typer.Option("--k", help="VIPAMIN: patch positions averaged per prompt.")] = 8,
     lam: Annotated[float, typer.Option("--lambda", help="VIPAMIN: weight of the orthogonal part, in [0, 1].")]
     = 0.5,
-    orth: Annotated[str, typer.Option("--orth", help="VIPAMIN: exact (solve x W_V^T + b_V = v_perp) | reference "
-                                      "(the authors' pinv(W_V) formula).")] = "exact",
+    orth: Annotated[str, typer.Option("--orth", help="VIPAMIN: exact (solve x W_V^T + b_V = v_perp) | exact-ln "
+                                      "(values orthogonal through block 0's LayerNorm, as the block computes "
+                                      "them) | reference (the authors' pinv(W_V) formula).")] = "exact",
+    orth_scale: Annotated[str, typer.Option("--orth-scale", help="VIPAMIN: none | match (rescale each orthogonal "
+                                            "row to the matched part's mean norm before mixing).")] = "none",
+    orth_rcond: Annotated[str, typer.Option("--orth-rcond", help="VIPAMIN: relative singular-value cutoff of the "
+                                            "map back to token space: none (keep all, float64) | reference (the "
+                                            "authors' float32 pinv cutoff, D * 1.19e-7) | a number in (0, 1).")]
+    = "none",
     orth_energy: Annotated[float, typer.Option("--orth-energy", help="VIPAMIN: spectral energy kept when the "
                                                "attention-output span fills the whole space.")] = 0.99,
     orth_rank: Annotated[int | None, typer.Option("--orth-rank", help="VIPAMIN: force a truncated span basis "
@@ -187,7 +194,8 @@ def init(
     from .inits import InitConfig, init_prompts
 
     config = InitConfig(method=method, prompt_length=prompt_length, deep=deep, seed=seed, k=k, lam=lam, orth=orth,
-                        orth_energy=orth_energy, orth_rank=orth_rank, sample=sample, token_budget=token_budget,
+                        orth_scale=orth_scale, orth_rcond=orth_rcond, orth_energy=orth_energy, orth_rank=orth_rank,
+                        sample=sample, token_budget=token_budget,
                         kmeans_iters=kmeans_iters, device=device)
     embed_config = EmbedConfig(seed=data_seed, calib_size=calib_size, device=device)
     outcome = init_prompts(config, embeddings=embeddings, backbone=backbone, data=data, weights=weights,

@@ -28,7 +28,9 @@ class InitConfig:
     # VIPAMIN
     k: int = 8
     lam: float = 0.5
-    orth: str = "exact"  # exact | reference
+    orth: str = "exact"  # exact | exact-ln | reference
+    orth_scale: str = "none"  # none | match (orthogonal rows rescaled to the matched part's mean norm)
+    orth_rcond: str = "none"  # none | reference | a relative singular-value cutoff of the map back
     orth_energy: float = 0.99  # used when the attention-output span fills the whole space
     orth_rank: int | None = None  # force a truncated basis of this rank
     # SPT
