@@ -11,7 +11,7 @@ from timm.models.vision_transformer import VisionTransformer
 from vipamin_cli.artifacts import load_artifact
 from vipamin_cli.embed import CalibrationRecorder, EmbedConfig, block0_tokens, embed_data
 from vipamin_cli.inits import InitConfig, InitContext, init_prompts, run_init
-from vipamin_cli.inits.spt import kmeans, window_bounds
+from vipamin_cli.inits.spt import kmeans, nearest_centre, window_bounds
 from vipamin_cli.prompted import PromptedViT
 
 
@@ -202,11 +202,51 @@ def test_kmeans_recovers_planted_clusters() -> None:
     centres = torch.randn(5, 8, generator=gen) * 10
     labels = torch.arange(5).repeat_interleave(60)
     points = centres[labels] + 0.1 * torch.randn(300, 8, generator=gen)
-    found, sizes = kmeans(points, 5, 50, torch.Generator().manual_seed(1))
+    found, inertia = kmeans(points, 5, seed=1, iters=50)
     dist = torch.cdist(found, centres)
     assert sorted(dist.argmin(1).tolist()) == [0, 1, 2, 3, 4]
     assert float(dist.min(1).values.max()) < 0.1
+    sizes = torch.bincount(nearest_centre(points, found), minlength=5)
     assert sorted(sizes.tolist()) == [60] * 5
+    expected = float(torch.cdist(points.double(), found.double()).min(1).values.pow(2).sum())
+    assert abs(inertia - expected) < 1e-3 * expected
+
+
+def _blobs(seed: int, clusters: int = 12, dim: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Well-separated Gaussian blobs of unequal sizes (10 to 200 points)."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(clusters, dim, generator=gen) * 8
+    sizes = torch.randint(10, 200, (clusters,), generator=gen)
+    labels = torch.arange(clusters).repeat_interleave(sizes)
+    return centres[labels] + torch.randn(len(labels), dim, generator=gen) * 0.5, centres
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_kmeans_finds_every_blob_and_matches_sklearn(seed) -> None:
+    from sklearn.cluster import KMeans
+
+    points, centres = _blobs(seed)
+    found, inertia = kmeans(points, 12, seed=seed, restarts=3)
+    nearest = torch.cdist(centres, found).argmin(1)
+    assert len(set(nearest.tolist())) == 12  # every true cluster has its own centre
+    assert float(torch.cdist(centres, found).min(1).values.max()) < 1.5  # blob means, 10+ points each
+    reference = KMeans(n_clusters=12, random_state=seed, n_init=1).fit(points.double().numpy())
+    assert inertia <= 1.05 * reference.inertia_
+    # restarts only ever lower the inertia; same seed, same centres
+    _, single = kmeans(points, 12, seed=seed, restarts=1)
+    assert inertia <= single + 1e-6
+    again, _ = kmeans(points, 12, seed=seed, restarts=3)
+    assert torch.equal(again, found)
+
+
+def test_kmeans_restarts_recorded_and_refused_when_bad(embeddings, tmp_path, cli) -> None:
+    res = _init(embeddings, tmp_path, method="spt", sample="kmeans", prompt_length=4, kmeans_restarts=2)
+    assert res.meta["config"]["kmeans_restarts"] == 2 and res.meta["info"]["kmeans_restarts"] == 2
+    assert res.meta["info"]["kmeans_candidates"] == 3 and res.meta["info"]["kmeans_inertia"] > 0
+    code, _, stderr = cli("init", "--embeddings", embeddings, "--method", "spt", "--kmeans-restarts", "0",
+                          "--out", tmp_path / "bad.safetensors")
+    assert code == 2 and stderr.count("\n") == 1 and "--kmeans-restarts 0 must be at least 1" in stderr
+    assert not (tmp_path / "bad.safetensors").exists()
 
 
 def test_spt_random_draws_only_real_tokens(embeddings, tmp_path) -> None:

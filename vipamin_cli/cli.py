@@ -180,6 +180,8 @@ def init(
     token_budget: Annotated[int, typer.Option("--token-budget", help="SPT k-means: tokens sampled at most.")]
     = 200_000,
     kmeans_iters: Annotated[int, typer.Option("--kmeans-iters", help="SPT k-means: Lloyd steps at most.")] = 100,
+    kmeans_restarts: Annotated[int, typer.Option("--kmeans-restarts", help="SPT k-means: independent greedy "
+                                                 "k-means++ runs; the lowest inertia is kept.")] = 1,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     cache_dir: CacheOpt = None,
     explain_it: Annotated[bool, typer.Option("--explain", help="Also print why (and draw the VIPAMIN heat "
@@ -196,7 +198,7 @@ def init(
     config = InitConfig(method=method, prompt_length=prompt_length, deep=deep, seed=seed, k=k, lam=lam, orth=orth,
                         orth_scale=orth_scale, orth_rcond=orth_rcond, orth_energy=orth_energy, orth_rank=orth_rank,
                         sample=sample, token_budget=token_budget,
-                        kmeans_iters=kmeans_iters, device=device)
+                        kmeans_iters=kmeans_iters, kmeans_restarts=kmeans_restarts, device=device)
     embed_config = EmbedConfig(seed=data_seed, calib_size=calib_size, device=device)
     outcome = init_prompts(config, embeddings=embeddings, backbone=backbone, data=data, weights=weights,
                            split=split, shots=shots, embed_config=embed_config, out=out, cache_dir=cache_dir)

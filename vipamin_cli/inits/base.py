@@ -37,6 +37,8 @@ class InitConfig:
     sample: str = "kmeans"  # random | mean | max | kmeans
     token_budget: int = 200_000
     kmeans_iters: int = 100
+    kmeans_restarts: int = 1  # independent greedy k-means++ runs; the lowest inertia is kept
+    kmeans_candidates: int | None = None  # candidates per centre in greedy k-means++ (default 2 + ln k)
     device: str = "auto"
 
     @property

@@ -57,11 +57,12 @@ def layer_norm_params(norm: torch.nn.Module, dim: int) -> tuple[torch.Tensor, to
     return gamma, beta, float(getattr(norm, "eps", 1e-6))
 
 
-def values_through_ln(block: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def values_through_ln(block: torch.nn.Module, tokens: torch.Tensor,
+                      value_map: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Block-0 value vectors of ``tokens`` as the block computes them: LN1(x) W_V^T + b_V (float64)."""
     dim = tokens.shape[-1]
     gamma, beta, eps = layer_norm_params(block.norm1, dim)
-    w_v, b_v = value_projection(block)
+    w_v, b_v = value_map if value_map is not None else value_projection(block)
     return F.layer_norm(tokens.double(), (dim,), gamma, beta, eps) @ w_v.T + b_v
 
 
@@ -71,12 +72,13 @@ def span_share(values: torch.Tensor, basis: torch.Tensor) -> float:
 
 
 def ln_orthogonal_tokens(fresh: torch.Tensor, block: torch.nn.Module, basis: torch.Tensor,
-                         rcond: float | None) -> torch.Tensor | None:
+                         rcond: float | None,
+                         value_map: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor | None:
     """Tokens z (P, D) whose values LN1(z) W_V^T + b_V lie in the complement of ``basis``; each keeps
     its random token's variance. None when no such token exists for this basis."""
     dim = fresh.shape[1]
     gamma, beta, eps = layer_norm_params(block.norm1, dim)
-    w_v, b_v = value_projection(block)
+    w_v, b_v = value_map if value_map is not None else value_projection(block)
     lhs = torch.cat([(basis.T @ w_v) * gamma[None, :], torch.ones(1, dim, dtype=torch.float64) / dim**0.5])
     rhs = torch.cat([-(basis.T @ (w_v @ beta + b_v)), torch.zeros(1, dtype=torch.float64)])
     lhs_pinv = torch.linalg.pinv(lhs, rtol=rcond) if rcond is not None else torch.linalg.pinv(lhs)
@@ -198,10 +200,10 @@ class VipaminInit:
         w_v, b_v = value_projection(blk)
         value = fresh.double() @ w_v.T + b_v
         if ln_mode:
-            orth = ln_orthogonal_tokens(fresh, blk, basis, rcond)
+            orth = ln_orthogonal_tokens(fresh, blk, basis, rcond, (w_v, b_v))
             while orth is None and basis.shape[1] > 0:  # infeasible: drop the weakest span directions
                 basis = basis[:, : basis.shape[1] - max(1, basis.shape[1] // 4)]
-                orth = ln_orthogonal_tokens(fresh, blk, basis, rcond)
+                orth = ln_orthogonal_tokens(fresh, blk, basis, rcond, (w_v, b_v))
                 info.update(rank_used=basis.shape[1], truncated=True, ln_infeasible=True)
             if orth is None:
                 raise InputError(f"block {block}: no token has a value vector orthogonal to the span",
@@ -222,8 +224,8 @@ class VipaminInit:
         if config.orth_scale == "match":  # each orthogonal row gets the matched part's mean norm
             orth = orth * (match.double().norm(dim=1).mean() / orth.norm(dim=1).clamp_min(1e-300))[:, None]
         orth = orth.float()
-        info["orth_in_span_ln"] = span_share(values_through_ln(blk, orth), basis)
-        info["random_in_span_ln"] = span_share(values_through_ln(blk, fresh), basis)
+        info["orth_in_span_ln"] = span_share(values_through_ln(blk, orth, (w_v, b_v)), basis)
+        info["random_in_span_ln"] = span_share(values_through_ln(blk, fresh, (w_v, b_v)), basis)
         prompts = (1.0 - config.lam) * match + config.lam * orth
         info.update(match_norm_mean=float(match.double().norm(dim=1).mean()), orth_norm_raw_mean=norm_raw,
                     orth_norm_mean=float(orth.double().norm(dim=1).mean()),
