@@ -274,8 +274,12 @@ def tune(
     prompt_length: Annotated[int | None, typer.Option("--prompt-length", "-p", help="Prompts (per block); default "
                                                       "100 vpt-shallow, 20 vpt-deep, 10 vapt.")] = None,
     arch: Annotated[str, typer.Option("--arch", help="vpt-shallow | vpt-deep | vapt.")] = "vpt-shallow",
-    pool: Annotated[str | None, typer.Option("--pool", help="cls | mean-all | mean-patch (default: the "
-                                             "backbone's recipe).")] = None,
+    pool: Annotated[str | None, typer.Option("--pool", help="Head input: cls | mean-patch | mean-all (mean of "
+                                             "prompts + patches, fresh affine-free LayerNorm: VPT's MAE head) | "
+                                             "mean-all-norm (the same mean, then the pretrained final norm: SPT's "
+                                             "MAE head) | timm (timm's own pooling: token, avg + fc_norm or map "
+                                             "attention pooling, prompts excluded) | timm-all (prompts included). "
+                                             "Default: the backbone's recipe.")] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 100,
     warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", help="Linear warm-up epochs.")] = 10,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size (also scales the lr).")] = 32,
