@@ -11,7 +11,7 @@ from timm.models.vision_transformer import VisionTransformer
 from vipamin_cli.artifacts import load_artifact
 from vipamin_cli.embed import CalibrationRecorder, EmbedConfig, block0_tokens, embed_data
 from vipamin_cli.inits import InitConfig, InitContext, init_prompts, run_init
-from vipamin_cli.inits.spt import kmeans, window_bounds
+from vipamin_cli.inits.spt import kmeans, nearest_centre, window_bounds
 from vipamin_cli.prompted import PromptedViT
 
 
@@ -104,6 +104,90 @@ def test_reference_formula_reproduces_itself(embeddings, tmp_path) -> None:
     assert not torch.allclose(exact.tensors["prompts"], res.tensors["prompts"], atol=1e-3)
 
 
+def _ln1_values_float64(blk, tokens: torch.Tensor) -> torch.Tensor:
+    """Block-0 values as the block computes them, written out by hand in float64."""
+    x = tokens.double()
+    d = x.shape[-1]
+    mu = x.mean(-1, keepdim=True)
+    var = ((x - mu) ** 2).mean(-1, keepdim=True)
+    h = (x - mu) / torch.sqrt(var + blk.norm1.eps) * blk.norm1.weight.double() + blk.norm1.bias.double()
+    return h @ blk.attn.qkv.weight[2 * d:].double().T + blk.attn.qkv.bias[2 * d:].double()
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_exact_ln_values_are_orthogonal_through_layer_norm(embeddings, tmp_path, deep) -> None:
+    from vipamin_cli.backbones import load_backbone
+
+    res = _init(embeddings, tmp_path, method="vipamin", lam=1.0, prompt_length=8, orth="exact-ln", deep=deep)
+    vit = load_backbone("vit-tiny-test").model
+    emb = load_artifact(embeddings)
+    orth, fresh = res.tensors["vipamin.orth_part"], res.tensors["vipamin.orth_random"]
+    for b in range(4) if deep else [0]:
+        blk = vit.blocks[b]
+        o = emb["calib.attn_out_mean"][b]
+        z = orth[b] if deep else orth
+        r = fresh[b] if deep else fresh
+        assert float(_span_residual(_ln1_values_float64(blk, z), o).max()) < 1e-4
+        assert float(_span_residual(_ln1_values_float64(blk, r), o).min()) > 0.3
+        # z is a real token: zero mean, and the random draw's variance
+        torch.testing.assert_close(z.double().mean(1), torch.zeros(8, dtype=torch.float64), atol=1e-6, rtol=0)
+        torch.testing.assert_close(z.double().var(1), r.double().var(1), rtol=1e-4, atol=0)
+    infos = res.meta["info"]["blocks"] if deep else [res.meta["info"]]
+    assert all(i["orth_in_span_ln"] < 1e-4 and i["random_in_span_ln"] > 0.3 for i in infos)
+    # The linear modes are not orthogonal once LN1 is applied; the metadata says so.
+    for mode in ("exact", "reference"):
+        other = _init(embeddings, tmp_path, f"{mode}.safetensors", method="vipamin", lam=1.0, prompt_length=8,
+                      orth=mode)
+        assert other.meta["info"]["orth_in_span_ln"] > 0.1
+        got = float(_span_residual(_ln1_values_float64(vit.blocks[0], other.tensors["vipamin.orth_part"]),
+                                   emb["calib.attn_out_mean"][0]).mean())
+        assert abs(got - other.meta["info"]["orth_in_span_ln"]) < 1e-5
+
+
+def test_exact_ln_falls_back_when_the_span_fills_the_space() -> None:
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=0).eval()
+    ctx = _synthetic_context(vit, 1)
+    _, info = run_init(ctx, InitConfig(method="vipamin", prompt_length=4, k=2, orth="exact-ln", orth_energy=0.9))
+    assert info["truncated"] and info["span_rank"] == 16 and 1 <= info["rank_used"] <= 14
+    assert info["orth_in_span_ln"] < 1e-6
+
+
+def test_orth_scale_match_and_recorded_norms(embeddings, tmp_path) -> None:
+    plain = _init(embeddings, tmp_path, "a.safetensors", method="vipamin", lam=0.5, prompt_length=6)
+    scaled = _init(embeddings, tmp_path, "b.safetensors", method="vipamin", lam=0.5, prompt_length=6,
+                   orth_scale="match")
+    match = scaled.tensors["vipamin.match_part"].double()
+    orth = scaled.tensors["vipamin.orth_part"].double()
+    target = float(match.norm(dim=1).mean())
+    torch.testing.assert_close(orth.norm(dim=1), torch.full((6,), target, dtype=torch.float64), rtol=1e-5, atol=0)
+    # same direction as the unscaled orthogonal part
+    raw = plain.tensors["vipamin.orth_part"].double()
+    torch.testing.assert_close(torch.nn.functional.cosine_similarity(orth, raw), torch.ones(6, dtype=torch.float64),
+                               rtol=0, atol=1e-6)
+    for res in (plain, scaled):
+        info, t = res.meta["info"], res.tensors
+        assert abs(info["match_norm_mean"] - float(t["vipamin.match_part"].double().norm(dim=1).mean())) < 1e-5
+        assert abs(info["orth_norm_mean"] - float(t["vipamin.orth_part"].double().norm(dim=1).mean())) < 1e-5
+        assert abs(info["prompt_norm_mean"] - float(t["prompts"].double().norm(dim=1).mean())) < 1e-5
+    assert abs(scaled.meta["info"]["orth_norm_raw_mean"] - float(raw.norm(dim=1).mean())) < 1e-5
+    assert scaled.meta["config"]["orth_scale"] == "match" and plain.meta["config"]["orth_rcond"] == "none"
+
+
+def test_orth_rcond_reference_is_the_float32_pinv_cutoff(embeddings, tmp_path) -> None:
+    from vipamin_cli.backbones import load_backbone
+
+    res = _init(embeddings, tmp_path, method="vipamin", lam=1.0, prompt_length=4, orth="reference",
+                orth_rcond="reference")
+    assert res.meta["info"]["rcond"] == 64 * torch.finfo(torch.float32).eps
+    vit = load_backbone("vit-tiny-test").model
+    w = vit.blocks[0].attn.qkv.weight[128:].float()
+    bias = vit.blocks[0].attn.qkv.bias[128:].double()
+    q, _ = torch.linalg.qr(load_artifact(embeddings)["calib.attn_out_mean"][0].double().T, mode="reduced")
+    v = res.tensors["vipamin.orth_random"].double() @ w.double().T + bias
+    expected = (v - (v @ q) @ q.T - bias) @ torch.linalg.pinv(w).double()  # the authors: float32 pinv
+    torch.testing.assert_close(res.tensors["prompts"].double(), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_full_span_falls_back_to_truncated_basis() -> None:
     vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=0).eval()
     ctx = _synthetic_context(vit, 1)
@@ -118,11 +202,51 @@ def test_kmeans_recovers_planted_clusters() -> None:
     centres = torch.randn(5, 8, generator=gen) * 10
     labels = torch.arange(5).repeat_interleave(60)
     points = centres[labels] + 0.1 * torch.randn(300, 8, generator=gen)
-    found, sizes = kmeans(points, 5, 50, torch.Generator().manual_seed(1))
+    found, inertia = kmeans(points, 5, seed=1, iters=50)
     dist = torch.cdist(found, centres)
     assert sorted(dist.argmin(1).tolist()) == [0, 1, 2, 3, 4]
     assert float(dist.min(1).values.max()) < 0.1
+    sizes = torch.bincount(nearest_centre(points, found), minlength=5)
     assert sorted(sizes.tolist()) == [60] * 5
+    expected = float(torch.cdist(points.double(), found.double()).min(1).values.pow(2).sum())
+    assert abs(inertia - expected) < 1e-3 * expected
+
+
+def _blobs(seed: int, clusters: int = 12, dim: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Well-separated Gaussian blobs of unequal sizes (10 to 200 points)."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(clusters, dim, generator=gen) * 8
+    sizes = torch.randint(10, 200, (clusters,), generator=gen)
+    labels = torch.arange(clusters).repeat_interleave(sizes)
+    return centres[labels] + torch.randn(len(labels), dim, generator=gen) * 0.5, centres
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_kmeans_finds_every_blob_and_matches_sklearn(seed) -> None:
+    from sklearn.cluster import KMeans
+
+    points, centres = _blobs(seed)
+    found, inertia = kmeans(points, 12, seed=seed, restarts=3)
+    nearest = torch.cdist(centres, found).argmin(1)
+    assert len(set(nearest.tolist())) == 12  # every true cluster has its own centre
+    assert float(torch.cdist(centres, found).min(1).values.max()) < 1.5  # blob means, 10+ points each
+    reference = KMeans(n_clusters=12, random_state=seed, n_init=1).fit(points.double().numpy())
+    assert inertia <= 1.05 * reference.inertia_
+    # restarts only ever lower the inertia; same seed, same centres
+    _, single = kmeans(points, 12, seed=seed, restarts=1)
+    assert inertia <= single + 1e-6
+    again, _ = kmeans(points, 12, seed=seed, restarts=3)
+    assert torch.equal(again, found)
+
+
+def test_kmeans_restarts_recorded_and_refused_when_bad(embeddings, tmp_path, cli) -> None:
+    res = _init(embeddings, tmp_path, method="spt", sample="kmeans", prompt_length=4, kmeans_restarts=2)
+    assert res.meta["config"]["kmeans_restarts"] == 2 and res.meta["info"]["kmeans_restarts"] == 2
+    assert res.meta["info"]["kmeans_candidates"] == 3 and res.meta["info"]["kmeans_inertia"] > 0
+    code, _, stderr = cli("init", "--embeddings", embeddings, "--method", "spt", "--kmeans-restarts", "0",
+                          "--out", tmp_path / "bad.safetensors")
+    assert code == 2 and stderr.count("\n") == 1 and "--kmeans-restarts 0 must be at least 1" in stderr
+    assert not (tmp_path / "bad.safetensors").exists()
 
 
 def test_spt_random_draws_only_real_tokens(embeddings, tmp_path) -> None:
@@ -219,6 +343,10 @@ def test_bad_init_inputs_via_cli(cli, embeddings, tmp_path) -> None:
         (["--embeddings", embeddings, "--lambda", "-0.1"], "outside [0, 1]"),
         (["--embeddings", embeddings, "--prompt-length", "0"], "--prompt-length 0 must be at least 1"),
         (["--embeddings", embeddings, "--method", "magic"], "unknown init method 'magic'"),
+        (["--embeddings", embeddings, "--orth", "ln"], "unknown --orth 'ln'"),
+        (["--embeddings", embeddings, "--orth-scale", "big"], "unknown --orth-scale 'big'"),
+        (["--embeddings", embeddings, "--orth-rcond", "2"], "--orth-rcond '2' is not valid"),
+        (["--embeddings", embeddings, "--orth-rcond", "tiny"], "--orth-rcond 'tiny' is not valid"),
         (["--embeddings", embeddings, "--method", "spt", "--sample", "median"], "unknown --sample 'median'"),
         ([], "init needs --embeddings FILE, or --backbone and --data"),
     ]

@@ -92,3 +92,73 @@ def test_mismatched_prompts_are_refused() -> None:
         PromptedViT(vit, torch.zeros(5, 32))
     with pytest.raises(InputError, match="3 blocks but the backbone has 4"):
         PromptedViT(vit, torch.zeros(3, 5, 64))
+
+
+def _timm_vit(global_pool: str, class_token: bool = True, reg_tokens: int = 0):
+    """A random-weight tiny timm ViT pooled by ``global_pool`` (weights at timm's own init)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(3)
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0,
+                            global_pool=global_pool, class_token=class_token, reg_tokens=reg_tokens,
+                            num_classes=0).eval()
+    with torch.no_grad():  # unit-scale norms and biases, so a wrong norm or pool shows
+        for name, p in vit.named_parameters():
+            if "norm" in name or name.endswith("bias") or name.endswith("latent"):
+                p.normal_(0.0, 1.0)
+    return vit
+
+
+@pytest.mark.parametrize("global_pool,class_token,regs", [("avg", True, 0), ("avg", False, 0), ("map", True, 0),
+                                                         ("map", False, 0), ("avg", True, 2)])
+def test_timm_pooling_equals_timm_forward_head(global_pool, class_token, regs) -> None:
+    vit = _timm_vit(global_pool, class_token, regs)
+    images = _images()
+    npf = vit.num_prefix_tokens
+    with torch.no_grad():
+        expected = vit.forward_head(vit.forward_features(images), pre_logits=True)
+        x0 = block0_tokens(vit, images)
+        for pool in ("timm", "timm-all"):
+            got = PromptedViT(vit, None, pool=pool).forward_features(x0)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        prompts = torch.randn(5, 64, generator=torch.Generator().manual_seed(2))
+        x = torch.cat([x0[:, :npf], prompts.expand(3, -1, -1), x0[:, npf:]], dim=1)
+        for blk in vit.blocks:
+            x = blk(x)
+        x = vit.norm(x)
+        if global_pool == "avg":  # written out: mean over rows after the prefix, then fc_norm
+            without = vit.fc_norm(x[:, npf + 5:].mean(1))
+            with_prompts = vit.fc_norm(x[:, npf:].mean(1))
+        else:  # attention pooling over the non-prefix rows (timm's default for map)
+            without = vit.attn_pool(x[:, npf + 5:])
+            with_prompts = vit.attn_pool(x[:, npf:])
+        excluded = PromptedViT(vit, prompts, pool="timm").forward_features(x0)
+        included = PromptedViT(vit, prompts, pool="timm-all").forward_features(x0)
+        torch.testing.assert_close(excluded, without, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(included, with_prompts, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(excluded, included, atol=1e-3)
+
+
+def test_mean_all_norm_uses_the_pretrained_final_norm() -> None:
+    vit = load_backbone("vit-tiny-test").model
+    with torch.no_grad():
+        vit.norm.weight.normal_(1.0, 0.5)  # a visible affine
+        vit.norm.bias.normal_(0.0, 0.5)
+        prompts = torch.randn(5, 64, generator=torch.Generator().manual_seed(4))
+        x0 = block0_tokens(vit, _images())
+        x = torch.cat([x0[:, :1], prompts.expand(3, -1, -1), x0[:, 1:]], dim=1)
+        for blk in vit.blocks:
+            x = blk(x)
+        m = x[:, 1:].mean(1)  # prompts and patches
+        expected = (m - m.mean(-1, keepdim=True)) / torch.sqrt(m.var(-1, unbiased=False, keepdim=True) + vit.norm.eps)
+        expected = expected * vit.norm.weight + vit.norm.bias
+        got = PromptedViT(vit, prompts, pool="mean-all-norm").forward_features(x0)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_timm_gap_and_map_backbones_default_to_timm_pooling() -> None:
+    from vipamin_cli.backbones import resolve_spec
+
+    assert resolve_spec("timm:vit_base_patch16_gap_224").pool == "timm"
+    assert resolve_spec("timm:vit_base_patch16_siglip_224").pool == "timm"  # map pooling
+    assert resolve_spec("timm:vit_tiny_patch16_224").pool == "cls"

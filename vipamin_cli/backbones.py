@@ -26,7 +26,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
-POOLS = ("cls", "mean-all", "mean-patch")
+POOLS = ("cls", "mean-all", "mean-patch", "mean-all-norm", "timm", "timm-all")
+# cls: final norm, CLS row. mean-patch: final norm, mean of patch rows. mean-all: mean of prompts +
+# patches, fresh affine-free LayerNorm (VPT's MAE recipe). mean-all-norm: the same mean, then the
+# backbone's pretrained final norm with its affine (SPT's MAE head). timm / timm-all: timm's own
+# head input (final norm, then its global pool: token, avg + fc_norm, or attention pooling 'map'),
+# with the prompt rows removed first (timm) or kept (timm-all).
 WEIGHTS_FIX = "pass --weights PATH to a local checkpoint (.safetensors, .pth or .pth.tar)"
 
 
@@ -130,7 +135,7 @@ def _timm_spec(name: str) -> BackboneSpec:
     has_tag = bool(cfg.get("hf_hub_id") or cfg.get("url"))
     return BackboneSpec(
         name=name, arch=arch, hub_tag=tag if has_tag else None, family="timm",
-        pool="cls" if model.global_pool == "token" else "mean-patch",
+        pool="cls" if model.global_pool == "token" else "timm",
         width=model.embed_dim, depth=len(model.blocks), heads=model.blocks[0].attn.num_heads,
         patch=model.patch_embed.patch_size[0], img_size=model.patch_embed.img_size[0],
         mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)),

@@ -163,8 +163,15 @@ def init(
     k: Annotated[int, typer.Option("--k", help="VIPAMIN: patch positions averaged per prompt.")] = 8,
     lam: Annotated[float, typer.Option("--lambda", help="VIPAMIN: weight of the orthogonal part, in [0, 1].")]
     = 0.5,
-    orth: Annotated[str, typer.Option("--orth", help="VIPAMIN: exact (solve x W_V^T + b_V = v_perp) | reference "
-                                      "(the authors' pinv(W_V) formula).")] = "exact",
+    orth: Annotated[str, typer.Option("--orth", help="VIPAMIN: exact (solve x W_V^T + b_V = v_perp) | exact-ln "
+                                      "(values orthogonal through block 0's LayerNorm, as the block computes "
+                                      "them) | reference (the authors' pinv(W_V) formula).")] = "exact",
+    orth_scale: Annotated[str, typer.Option("--orth-scale", help="VIPAMIN: none | match (rescale each orthogonal "
+                                            "row to the matched part's mean norm before mixing).")] = "none",
+    orth_rcond: Annotated[str, typer.Option("--orth-rcond", help="VIPAMIN: relative singular-value cutoff of the "
+                                            "map back to token space: none (keep all, float64) | reference (the "
+                                            "authors' float32 pinv cutoff, D * 1.19e-7) | a number in (0, 1).")]
+    = "none",
     orth_energy: Annotated[float, typer.Option("--orth-energy", help="VIPAMIN: spectral energy kept when the "
                                                "attention-output span fills the whole space.")] = 0.99,
     orth_rank: Annotated[int | None, typer.Option("--orth-rank", help="VIPAMIN: force a truncated span basis "
@@ -173,6 +180,8 @@ def init(
     token_budget: Annotated[int, typer.Option("--token-budget", help="SPT k-means: tokens sampled at most.")]
     = 200_000,
     kmeans_iters: Annotated[int, typer.Option("--kmeans-iters", help="SPT k-means: Lloyd steps at most.")] = 100,
+    kmeans_restarts: Annotated[int, typer.Option("--kmeans-restarts", help="SPT k-means: independent greedy "
+                                                 "k-means++ runs; the lowest inertia is kept.")] = 1,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     cache_dir: CacheOpt = None,
     explain_it: Annotated[bool, typer.Option("--explain", help="Also print why (and draw the VIPAMIN heat "
@@ -187,8 +196,9 @@ def init(
     from .inits import InitConfig, init_prompts
 
     config = InitConfig(method=method, prompt_length=prompt_length, deep=deep, seed=seed, k=k, lam=lam, orth=orth,
-                        orth_energy=orth_energy, orth_rank=orth_rank, sample=sample, token_budget=token_budget,
-                        kmeans_iters=kmeans_iters, device=device)
+                        orth_scale=orth_scale, orth_rcond=orth_rcond, orth_energy=orth_energy, orth_rank=orth_rank,
+                        sample=sample, token_budget=token_budget,
+                        kmeans_iters=kmeans_iters, kmeans_restarts=kmeans_restarts, device=device)
     embed_config = EmbedConfig(seed=data_seed, calib_size=calib_size, device=device)
     outcome = init_prompts(config, embeddings=embeddings, backbone=backbone, data=data, weights=weights,
                            split=split, shots=shots, embed_config=embed_config, out=out, cache_dir=cache_dir)
@@ -301,8 +311,12 @@ def tune(
                                                       "100 vpt-shallow, 20 vpt-deep, 10 vapt.")] = None,
     arch: Annotated[str | None, typer.Option("--arch", help="vpt-shallow | vpt-deep | vapt (default: the recipe's, "
                                              "vpt-shallow).")] = None,
-    pool: Annotated[str | None, typer.Option("--pool", help="cls | mean-all | mean-patch (default: the "
-                                             "backbone's recipe).")] = None,
+    pool: Annotated[str | None, typer.Option("--pool", help="Head input: cls | mean-patch | mean-all (mean of "
+                                             "prompts + patches, fresh affine-free LayerNorm: VPT's MAE head) | "
+                                             "mean-all-norm (the same mean, then the pretrained final norm: SPT's "
+                                             "MAE head) | timm (timm's own pooling: token, avg + fc_norm or map "
+                                             "attention pooling, prompts excluded) | timm-all (prompts included). "
+                                             "Default: the backbone's recipe.")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs (default 100).")] = None,
     warmup_epochs: Annotated[int | None, typer.Option("--warmup-epochs", help="Linear warm-up epochs (default 10)."
                                                       )] = None,

@@ -104,8 +104,15 @@ def explain(prompts_path: str | os.PathLike, png: str | os.PathLike | None = Non
     out["orth_rank_used"] = [i["rank_used"] for i in infos]
     out["orth_truncated"] = any(i["truncated"] for i in infos)
     out["orth_forced_rank"] = infos[0].get("forced_rank")
+    out["orth_mode"] = meta["config"].get("orth", "exact")
+    out["orth_scale"] = meta["config"].get("orth_scale", "none")
+    if all("orth_in_span_ln" in i for i in infos):  # measured through LN1, as block b computes values
+        out["orth_in_span_ln"] = sum(i["orth_in_span_ln"] for i in infos) / len(infos)
+        out["random_in_span_ln"] = sum(i["random_in_span_ln"] for i in infos) / len(infos)
     out["match_norm_mean"] = float(art["vipamin.match_part"].double().norm(dim=-1).mean())
     out["orth_norm_mean"] = float(art["vipamin.orth_part"].double().norm(dim=-1).mean())
+    if all("orth_norm_raw_mean" in i for i in infos):
+        out["orth_norm_raw_mean"] = sum(i["orth_norm_raw_mean"] for i in infos) / len(infos)
     dest = Path(png) if png is not None else Path(prompts_path).with_suffix(".matches.png")
     cfg = meta["config"]
     draw_heatmaps(counts, dest, f"VIPAMIN matches per patch position (P={cfg['prompt_length']}, K={cfg['k']}, "
@@ -128,11 +135,18 @@ def render_explanation(summary: dict[str, Any]) -> list[str]:
         if summary["orth_truncated"]:
             trunc = (" (truncated basis: --orth-rank)" if summary.get("orth_forced_rank") is not None
                      else " (truncated basis: the span filled the space)")
-        lines.append(f"orthogonal part: {summary['orth_in_span']:.2e} of its value vector lies in the pretrained "
-                     f"attention-output span, versus {summary['random_in_span']:.2f} for a random token; span rank "
+        lines.append(f"orthogonal part (--orth {summary.get('orth_mode', 'exact')}): {summary['orth_in_span']:.2e} "
+                     f"of its value vector lies in the pretrained attention-output span, versus "
+                     f"{summary['random_in_span']:.2f} for a random token; span rank "
                      f"{summary['orth_rank_used']}{trunc}")
-        lines.append(f"norms: matching part {summary['match_norm_mean']:.3f}, orthogonal part "
-                     f"{summary['orth_norm_mean']:.3f}")
+        if "orth_in_span_ln" in summary:
+            lines.append(f"through LayerNorm 1 (as the block computes values): {summary['orth_in_span_ln']:.2e} in the "
+                         f"span, versus {summary['random_in_span_ln']:.2f} for a random token")
+        raw = summary.get("orth_norm_raw_mean")
+        scaled = f" (before --orth-scale {summary['orth_scale']}: {raw:.3f})" if raw is not None and \
+            summary.get("orth_scale", "none") != "none" else ""
+        lines.append(f"mean row norms: matching part {summary['match_norm_mean']:.3f}, orthogonal part "
+                     f"{summary['orth_norm_mean']:.3f}{scaled}, final prompts {summary['prompt_norm_mean']:.3f}")
         lines.append(f"heat map: {summary['heatmap']}")
     if "cluster_size_min_mean_max" in summary:
         lo, mean, hi = summary["cluster_size_min_mean_max"]

@@ -95,7 +95,21 @@ class PromptedViT(nn.Module):
             return self.vit.norm(x)[:, 0]
         if self.pool == "mean-patch":
             return self.vit.norm(x)[:, npf + npr:].mean(1)
+        if self.pool == "mean-all-norm":  # SPT's MAE head: the pretrained final norm, affine included
+            return self.pretrained_norm(x[:, npf:].mean(1))
+        if self.pool in ("timm", "timm-all"):  # timm's own pooling (token, avg + fc_norm, map, ...)
+            if self.pool == "timm" and npr:
+                x = torch.cat([x[:, :npf], x[:, npf + npr:]], dim=1)
+            return self.vit.forward_head(self.vit.norm(x), pre_logits=True)
         return self.fc_norm(x[:, npf:].mean(1))  # mean-all: prompts included, no final norm
+
+    @property
+    def pretrained_norm(self) -> nn.Module:
+        """The backbone's final norm: ``norm``, or ``fc_norm`` for models that norm after pooling."""
+        if isinstance(self.vit.norm, nn.Identity) and not isinstance(getattr(self.vit, "fc_norm", None),
+                                                                     (nn.Identity, type(None))):
+            return self.vit.fc_norm
+        return self.vit.norm
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         feats = self.forward_features(tokens)

@@ -28,13 +28,17 @@ class InitConfig:
     # VIPAMIN
     k: int = 8
     lam: float = 0.5
-    orth: str = "exact"  # exact | reference
+    orth: str = "exact"  # exact | exact-ln | reference
+    orth_scale: str = "none"  # none | match (orthogonal rows rescaled to the matched part's mean norm)
+    orth_rcond: str = "none"  # none | reference | a relative singular-value cutoff of the map back
     orth_energy: float = 0.99  # used when the attention-output span fills the whole space
     orth_rank: int | None = None  # force a truncated basis of this rank
     # SPT
     sample: str = "kmeans"  # random | mean | max | kmeans
     token_budget: int = 200_000
     kmeans_iters: int = 100
+    kmeans_restarts: int = 1  # independent greedy k-means++ runs; the lowest inertia is kept
+    kmeans_candidates: int | None = None  # candidates per centre in greedy k-means++ (default 2 + ln k)
     device: str = "auto"
 
     def validate(self, names: dict[str, str] | None = None) -> None:

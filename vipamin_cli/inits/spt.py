@@ -2,11 +2,12 @@
 
 Sample types: ``random`` draws P real tokens; ``mean``/``max`` summarise consecutive windows of
 each image's token sequence and draw P of the summaries; ``kmeans`` takes P k-means centres of
-(a seeded sample of) the tokens, computed batched on the device with k-means++ seeding.
+(a seeded sample of) the tokens, computed batched on the device with greedy k-means++ seeding.
 """
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -38,37 +39,70 @@ def window_summaries(tokens: torch.Tensor, bounds: list[tuple[int, int]], how: s
     return torch.stack(parts, dim=1)
 
 
-def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator,
-           tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded k-means (k-means++ seeding, then Lloyd steps) on ``x`` (n, D); returns (centres, sizes).
+def kmeans(tokens: torch.Tensor, k: int, seed: int, iters: int = 100, restarts: int = 1,
+           candidates: int | None = None, device: torch.device | str | None = None, tol: float = 1e-6,
+           seed_pool: int | None = None) -> tuple[torch.Tensor, float]:
+    """Seeded k-means of ``tokens`` (n, D): greedy k-means++ seeding, then Lloyd steps; returns
+    (centres (k, D) float32 on ``device``, inertia = the sum of squared distances to the nearest centre).
 
-    Seeding runs on a seeded subsample of max(64 k, 8192) points; Lloyd steps use every point and
-    stop when assignments no longer change or the largest centre move falls below ``tol`` times the
-    mean squared norm of the points.
-
-    All distance computations are batched matrix products, so it runs on the GPU when ``x`` is
-    there. Empty clusters are re-seeded with the point farthest from its centre.
+    Greedy k-means++ (as scikit-learn) draws ``candidates`` points per centre (default 2 + ln k)
+    with probability proportional to the squared distance to the nearest centre so far and keeps
+    the one that lowers the potential most; plain k-means++ (one candidate) gets stuck on clustered
+    data. Seeding runs on a seeded subsample of ``seed_pool`` points (default max(64 k, 8192)), Lloyd
+    steps on every point; they stop when assignments no longer change or the largest centre move
+    falls below ``tol`` times the mean squared norm of the points. ``restarts`` independent runs
+    keep the lowest inertia. Distances are batched matrix products, so it runs on the GPU when
+    ``device`` (default: the tokens' device) is one. Empty clusters are re-seeded with the farthest points.
     """
-    n = x.shape[0]
-    x = x.float()
+    if k < 1 or k > tokens.shape[0]:
+        raise InputError(f"k-means needs 1 <= k <= {tokens.shape[0]} points, got k = {k}",
+                         "embed more images or lower --prompt-length")
+    if restarts < 1:
+        raise InputError(f"--kmeans-restarts {restarts} must be at least 1", "pass e.g. --kmeans-restarts 3")
+    x = tokens.to(device if device is not None else tokens.device).float()
     sq = (x * x).sum(1)
-    # k-means++ seeding is sequential (k passes over the points): run it on a seeded subsample.
-    pool = torch.randperm(n, generator=generator)[: max(64 * k, 8192)].to(x.device) if n > max(64 * k, 8192) \
-        else torch.arange(n, device=x.device)
+    gen = torch.Generator().manual_seed(seed)
+    trials = candidates if candidates is not None else 2 + int(math.log(k))
+    pool_size = seed_pool if seed_pool is not None else max(64 * k, 8192)
+    best: tuple[torch.Tensor, float] | None = None
+    for _ in range(restarts):
+        centres = _greedy_plus_plus(x, sq, k, trials, pool_size, gen)
+        centres, inertia = _lloyd(x, sq, centres, iters, tol)
+        if best is None or inertia < best[1]:
+            best = (centres, inertia)
+    assert best is not None
+    return best
+
+
+def _greedy_plus_plus(x: torch.Tensor, sq: torch.Tensor, k: int, trials: int, pool_size: int,
+                      gen: torch.Generator) -> torch.Tensor:
+    n = x.shape[0]
+    pool = torch.randperm(n, generator=gen)[:pool_size].to(x.device) if n > pool_size else \
+        torch.arange(n, device=x.device)
     xs, sqs = x[pool], sq[pool]
-    first = int(torch.randint(len(pool), (1,), generator=generator))
-    centres = [xs[first]]
+    first = int(torch.randint(len(pool), (1,), generator=gen))
+    picks = [first]
     closest = (sqs - 2 * xs @ xs[first] + sqs[first]).clamp_min(0)
     for _ in range(1, k):
-        weights = closest.cpu().double()
-        if float(weights.sum()) <= 0:
-            pick = int(torch.randint(len(pool), (1,), generator=generator))
+        weights = closest.double().cpu()
+        total = float(weights.sum())
+        if total <= 0:  # every point already is a centre: any pick will do
+            cand = torch.randint(len(pool), (trials,), generator=gen)
         else:
-            pick = int(torch.multinomial(weights / weights.sum(), 1, generator=generator))
-        centres.append(xs[pick])
-        closest = torch.minimum(closest, (sqs - 2 * xs @ xs[pick] + sqs[pick]).clamp_min(0))
-    c = torch.stack(centres)
-    assign = torch.full((n,), -1, dtype=torch.long, device=x.device)
+            cand = torch.multinomial(weights / total, trials, replacement=True, generator=gen)
+        cand_dev = cand.to(x.device)
+        dist = (sqs[None, :] - 2 * xs[cand_dev] @ xs.T + sqs[cand_dev][:, None]).clamp_min(0)  # (trials, pool)
+        updated = torch.minimum(closest[None, :], dist)
+        best = int(updated.double().sum(1).argmin())
+        picks.append(int(cand[best]))
+        closest = updated[best]
+    return xs[torch.tensor(picks, device=x.device)].clone()
+
+
+def _lloyd(x: torch.Tensor, sq: torch.Tensor, c: torch.Tensor, iters: int,
+           tol: float) -> tuple[torch.Tensor, float]:
+    k = c.shape[0]
+    assign = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
     scale = float(sq.mean()) or 1.0
     for _ in range(iters):
         dist = torch.addmm((c * c).sum(1)[None, :], x, c.T, alpha=-2.0)  # ||c||^2 - 2 x.c (||x||^2 is constant)
@@ -87,9 +121,15 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator,
         c = moved
         if shift < tol * scale:  # centres have settled (relative to the data's scale)
             break
-    final = torch.addmm((c * c).sum(1)[None, :], x, c.T, alpha=-2.0).argmin(1)
-    sizes = torch.bincount(final, minlength=k)
-    return c, sizes
+    dist = torch.addmm((c * c).sum(1)[None, :], x, c.T, alpha=-2.0)
+    inertia = float((dist.min(1).values + sq).clamp_min(0).double().sum())
+    return c, inertia
+
+
+def nearest_centre(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Index of each point's nearest centre."""
+    c = centres.to(x.device).float()
+    return torch.addmm((c * c).sum(1)[None, :], x.float(), c.T, alpha=-2.0).argmin(1)
 
 
 class SptInit:
@@ -101,6 +141,12 @@ class SptInit:
         if config.deep and "calib.token_sample" not in ctx.stats:
             raise InputError("the embeddings hold no per-block token sample for deep SPT",
                              "re-run `vipamin embed` with --sample-images > 0")
+        if config.kmeans_restarts < 1:
+            raise InputError(f"--kmeans-restarts {config.kmeans_restarts} must be at least 1",
+                             "pass e.g. --kmeans-restarts 3")
+        if config.kmeans_candidates is not None and config.kmeans_candidates < 1:
+            raise InputError(f"kmeans_candidates {config.kmeans_candidates} must be at least 1",
+                             "leave it unset (2 + ln k)")
         if config.sample == "kmeans" and config.token_budget < config.num_prompts:
             raise InputError(f"--token-budget {config.token_budget} is smaller than the prompt length",
                              "raise --token-budget")
@@ -133,6 +179,12 @@ class SptInit:
         if flat_tokens.shape[0] > config.token_budget:
             keep = torch.randperm(flat_tokens.shape[0], generator=generator)[: config.token_budget]
             flat_tokens = flat_tokens[keep]
-        centres, sizes = kmeans(flat_tokens.to(ctx.device), p, config.kmeans_iters, generator)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        x = flat_tokens.to(ctx.device)
+        centres, inertia = kmeans(x, p, seed, iters=config.kmeans_iters, restarts=config.kmeans_restarts,
+                                  candidates=config.kmeans_candidates)
+        sizes = torch.bincount(nearest_centre(x, centres), minlength=p)
         return BlockInit(prompts=centres.float().cpu(), extras={"cluster_sizes": sizes.cpu()},
-                         info={"kmeans_tokens": int(flat_tokens.shape[0])})
+                         info={"kmeans_tokens": int(flat_tokens.shape[0]), "kmeans_inertia": inertia,
+                               "kmeans_restarts": config.kmeans_restarts,
+                               "kmeans_candidates": config.kmeans_candidates or 2 + int(math.log(p))})

@@ -4,6 +4,14 @@ Matching: each random query prompt's head-averaged key is compared (cosine) with
 every patch position; the prompt becomes the mean block input over its K best positions.
 Orthogonal part: a fresh random token is mapped to value space, projected onto the orthogonal
 complement of the span of the mean attention output, and mapped back. Mix with lambda.
+
+Three forms of the orthogonal part (``--orth``): ``reference`` is the authors' formula (pinv(W_V),
+LayerNorm ignored), ``exact`` solves x W_V^T + b_V = v_perp (linear, LayerNorm ignored), and
+``exact-ln`` builds a token z whose value vector LN1(z) W_V^T + b_V, as block 0 really computes
+it, lies in the complement: LN1 of a zero-mean token z with variance s^2 is gamma * u + beta with
+u = z / sqrt(s^2 + eps), so u must satisfy the affine constraints Q^T (W_V (gamma * u + beta) + b_V)
+= 0 and sum(u) = 0 and have the norm sqrt(D s^2 / (s^2 + eps)); the minimum-norm solution plus
+the fresh random token's component in the constraints' null space, scaled to that norm, is one.
 """
 
 from __future__ import annotations
@@ -16,7 +24,75 @@ import torch.nn.functional as F
 from ..errors import InputError
 from .base import BlockInit, InitConfig, InitContext, uniform_prompts
 
-ORTH_MODES = ("exact", "reference")
+ORTH_MODES = ("exact", "exact-ln", "reference")
+ORTH_SCALES = ("none", "match")
+RCOND_CHOICES = "none | reference | a number in (0, 1)"
+
+
+def resolve_rcond(rcond: str | float | None, dim: int) -> float | None:
+    """The relative singular-value cutoff of the map back to token space.
+
+    ``none`` keeps every direction (float64 pseudo-inverse, or one LU solve); ``reference`` is
+    the cutoff of the authors' float32 ``pinv``: max(D, D) * float32 eps (about 1e-4 at D = 768).
+    """
+    if rcond is None or str(rcond).lower() == "none":
+        return None
+    if str(rcond).lower() == "reference":
+        return dim * float(torch.finfo(torch.float32).eps)
+    try:
+        value = float(rcond)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise InputError(f"--orth-rcond '{rcond}' is not valid", f"use {RCOND_CHOICES}")
+    return value
+
+
+def layer_norm_params(norm: torch.nn.Module, dim: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(gamma, beta, eps) of a block's LayerNorm in float64 (identity affine when it has none)."""
+    weight = getattr(norm, "weight", None)
+    bias = getattr(norm, "bias", None)
+    gamma = weight.double() if weight is not None else torch.ones(dim, dtype=torch.float64)
+    beta = bias.double() if bias is not None else torch.zeros(dim, dtype=torch.float64)
+    return gamma, beta, float(getattr(norm, "eps", 1e-6))
+
+
+def values_through_ln(block: torch.nn.Module, tokens: torch.Tensor,
+                      value_map: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Block-0 value vectors of ``tokens`` as the block computes them: LN1(x) W_V^T + b_V (float64)."""
+    dim = tokens.shape[-1]
+    gamma, beta, eps = layer_norm_params(block.norm1, dim)
+    w_v, b_v = value_map if value_map is not None else value_projection(block)
+    return F.layer_norm(tokens.double(), (dim,), gamma, beta, eps) @ w_v.T + b_v
+
+
+def span_share(values: torch.Tensor, basis: torch.Tensor) -> float:
+    """Mean share of each value vector's norm inside the span of ``basis`` (0 = fully orthogonal)."""
+    return float(((values @ basis).norm(dim=1) / values.norm(dim=1).clamp_min(1e-300)).mean())
+
+
+def ln_orthogonal_tokens(fresh: torch.Tensor, block: torch.nn.Module, basis: torch.Tensor,
+                         rcond: float | None,
+                         value_map: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor | None:
+    """Tokens z (P, D) whose values LN1(z) W_V^T + b_V lie in the complement of ``basis``; each keeps
+    its random token's variance. None when no such token exists for this basis."""
+    dim = fresh.shape[1]
+    gamma, beta, eps = layer_norm_params(block.norm1, dim)
+    w_v, b_v = value_map if value_map is not None else value_projection(block)
+    lhs = torch.cat([(basis.T @ w_v) * gamma[None, :], torch.ones(1, dim, dtype=torch.float64) / dim**0.5])
+    rhs = torch.cat([-(basis.T @ (w_v @ beta + b_v)), torch.zeros(1, dtype=torch.float64)])
+    lhs_pinv = torch.linalg.pinv(lhs, rtol=rcond) if rcond is not None else torch.linalg.pinv(lhs)
+    base = lhs_pinv @ rhs  # minimum-norm u: lies in the constraints' row space
+    null = torch.eye(dim, dtype=torch.float64) - lhs_pinv @ lhs
+    r = fresh.double()
+    var = r.var(dim=1, unbiased=False)
+    free = (r - r.mean(1, keepdim=True)) @ null  # null is symmetric
+    room = dim * var / (var + eps) - base.dot(base)
+    free_norm = free.norm(dim=1)
+    if bool((room <= 0).any()) or bool((free_norm <= 1e-12 * r.norm(dim=1).clamp_min(1e-300)).any()):
+        return None
+    u = base[None, :] + free * (room.sqrt() / free_norm)[:, None]
+    return u * (var + eps).sqrt()[:, None]
 
 
 def head_mean_keys(block: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -35,12 +111,14 @@ def value_projection(block: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor
     return weight, bias
 
 
-def complement_basis(attn_out: torch.Tensor, energy: float, rank: int | None) -> tuple[torch.Tensor, dict[str, Any]]:
+def complement_basis(attn_out: torch.Tensor, energy: float, rank: int | None,
+                     reserve: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:
     """Orthonormal basis (D, r) of the span of the mean attention output's rows.
 
     The full numerical rank is used (as the method prescribes) unless that span fills the whole
     space (then the complement would be empty) or ``rank`` is forced: then the top singular
     vectors holding ``energy`` of the squared spectrum (or exactly ``rank`` of them) are used.
+    ``reserve`` extra dimensions must stay free (``exact-ln`` adds the zero-mean constraint).
     """
     o = attn_out.double()
     _, s, vh = torch.linalg.svd(o, full_matrices=False)
@@ -51,10 +129,10 @@ def complement_basis(attn_out: torch.Tensor, energy: float, rank: int | None) ->
     if rank is not None:
         used = min(rank, full_rank)
         truncated = used < full_rank
-    elif full_rank >= dim:
+    elif full_rank + reserve >= dim:
         cum = torch.cumsum(s**2, 0) / (s**2).sum()
         used, truncated = int((cum < energy).sum()) + 1, True
-        used = min(used, dim - 1)
+        used = min(used, dim - 1 - reserve)
     else:
         used, truncated = full_rank, False
     info.update(rank_used=used, truncated=truncated, forced_rank=rank,
@@ -87,6 +165,9 @@ class VipaminInit:
             raise InputError(f"--lambda {config.lam} is outside [0, 1]", "choose lambda in [0, 1] (default 0.5)")
         if config.orth not in ORTH_MODES:
             raise InputError(f"unknown --orth '{config.orth}'", f"use one of {', '.join(ORTH_MODES)}")
+        if config.orth_scale not in ORTH_SCALES:
+            raise InputError(f"unknown --orth-scale '{config.orth_scale}'", f"use one of {', '.join(ORTH_SCALES)}")
+        resolve_rcond(config.orth_rcond, ctx.dim)
         if not 0.0 < config.orth_energy <= 1.0:
             raise InputError(f"--orth-energy {config.orth_energy} is outside (0, 1]", "use e.g. 0.99")
         if config.orth_rank is not None and not 0 <= config.orth_rank < ctx.dim:
@@ -110,22 +191,46 @@ class VipaminInit:
         match = x_mean[npf + index].mean(1)  # (P, D)
 
         # B. orthogonal component ("subspace expansion")
+        ln_mode = config.orth == "exact-ln"
         basis, info = complement_basis(ctx.stats["calib.attn_out_mean"][block], config.orth_energy,
-                                       config.orth_rank)
+                                       config.orth_rank, reserve=1 if ln_mode else 0)
+        rcond = resolve_rcond(config.orth_rcond, ctx.dim)
+        info["rcond"] = rcond
         fresh = uniform_prompts(p, ctx.dim, ctx.patch, generator)
         w_v, b_v = value_projection(blk)
         value = fresh.double() @ w_v.T + b_v
-        value_perp = value - (value @ basis) @ basis.T
-        if config.orth == "exact":  # solve x W_V^T + b_V = v_perp
-            orth = solve_value_map(w_v, value_perp - b_v)
-        else:  # the reference code's formula, kept for reproduction
-            orth = (value_perp - b_v) @ torch.linalg.pinv(w_v)
-        # How much of each value vector still lies in the pretrained span (0 = fully orthogonal).
-        orth_value = orth @ w_v.T + b_v
-        info["orth_in_span"] = float(((orth_value @ basis).norm(dim=1) / orth_value.norm(dim=1)).mean())
-        info["random_in_span"] = float(((value @ basis).norm(dim=1) / value.norm(dim=1)).mean())
+        if ln_mode:
+            orth = ln_orthogonal_tokens(fresh, blk, basis, rcond, (w_v, b_v))
+            while orth is None and basis.shape[1] > 0:  # infeasible: drop the weakest span directions
+                basis = basis[:, : basis.shape[1] - max(1, basis.shape[1] // 4)]
+                orth = ln_orthogonal_tokens(fresh, blk, basis, rcond, (w_v, b_v))
+                info.update(rank_used=basis.shape[1], truncated=True, ln_infeasible=True)
+            if orth is None:
+                raise InputError(f"block {block}: no token has a value vector orthogonal to the span",
+                                 "use --orth exact")
+        else:
+            value_perp = value - (value @ basis) @ basis.T
+            if config.orth == "exact":  # solve x W_V^T + b_V = v_perp
+                orth = solve_value_map(w_v, value_perp - b_v) if rcond is None else \
+                    (value_perp - b_v) @ torch.linalg.pinv(w_v.T, rtol=rcond)
+            else:  # the reference code's formula, kept for reproduction
+                w_pinv = torch.linalg.pinv(w_v) if rcond is None else torch.linalg.pinv(w_v, rtol=rcond)
+                orth = (value_perp - b_v) @ w_pinv
+        # How much of each value vector still lies in the pretrained span (0 = fully orthogonal):
+        # linearly (x W_V^T + b_V) and through LN1, as the block really computes it.
+        info["orth_in_span"] = span_share(orth @ w_v.T + b_v, basis)
+        info["random_in_span"] = span_share(value, basis)
+        norm_raw = float(orth.norm(dim=1).mean())
+        if config.orth_scale == "match":  # each orthogonal row gets the matched part's mean norm
+            orth = orth * (match.double().norm(dim=1).mean() / orth.norm(dim=1).clamp_min(1e-300))[:, None]
         orth = orth.float()
+        info["orth_in_span_ln"] = span_share(values_through_ln(blk, orth, (w_v, b_v)), basis)
+        info["random_in_span_ln"] = span_share(values_through_ln(blk, fresh, (w_v, b_v)), basis)
         prompts = (1.0 - config.lam) * match + config.lam * orth
+        info.update(match_norm_mean=float(match.double().norm(dim=1).mean()), orth_norm_raw_mean=norm_raw,
+                    orth_norm_mean=float(orth.double().norm(dim=1).mean()),
+                    prompt_norm_mean=float(prompts.double().norm(dim=1).mean()),
+                    random_norm_mean=float(fresh.double().norm(dim=1).mean()))
         extras = {"query_prompts": query, "match_index": index, "match_similarity": top_sim,
                   "match_part": match, "orth_random": fresh, "orth_part": orth}
         return BlockInit(prompts=prompts, extras=extras, info=info)
