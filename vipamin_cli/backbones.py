@@ -26,6 +26,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
+# MNIST's usual normalisation constants (mean / std of its 28 x 28 training pixels)
+MNIST_MEAN = (0.1307, 0.1307, 0.1307)
+MNIST_STD = (0.3081, 0.3081, 0.3081)
+# The architecture of the project's own MAE backbone (vipamin_cli/testbed/mae.py): MNIST padded
+# to 32 px, patch 4 -> an 8 x 8 grid, width 128, depth 6 (1.2M parameters).
+MNIST_VIT_KWARGS: dict[str, Any] = dict(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4,
+                                        mlp_ratio=4.0, qkv_bias=True)
+
 POOLS = ("cls", "mean-all", "mean-patch")
 WEIGHTS_FIX = "pass --weights PATH to a local checkpoint (.safetensors, .pth or .pth.tar)"
 
