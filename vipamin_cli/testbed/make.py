@@ -124,8 +124,8 @@ def _digits8x8(rng: np.random.Generator, pool: tuple[np.ndarray, np.ndarray], i:
 def _noise(rng: np.random.Generator, pool: tuple[np.ndarray, np.ndarray], i: int) -> tuple[np.ndarray, int]:
     images, labels = pool
     img = _pad32(images[i]).astype(np.float64) / 255.0
-    contrast = rng.uniform(0.3, 0.7)
-    noisy = 0.25 + contrast * img + rng.normal(0.0, 0.25, img.shape)
+    contrast = rng.uniform(0.4, 0.8)
+    noisy = 0.2 + contrast * img + rng.normal(0.0, 0.15, img.shape)
     return np.clip(noisy * 255.0, 0, 255).round().astype(np.uint8), int(labels[i])
 
 
@@ -221,6 +221,8 @@ def _write_task(root: Path, task: TaskDef, pools: _Pools, seed: int, sizes: dict
         pool = source["fit" if part == "train" else "test"]
         rng = np.random.default_rng([seed, TASK_NAMES.index(task.name), 0 if part == "train" else 1])
         one_per_image = task.name in ("mnist", "digits8x8", "mnist-noise")
+        if one_per_image and part == "test":
+            n = min(n, len(pool[0]))  # digits8x8 has 797 test images: its test split is all of them
         if one_per_image and n > len(pool[0]):
             raise InputError(f"task {task.name}: {n} {part} images asked but only {len(pool[0])} source images",
                              f"pass a smaller size (at most {len(pool[0])})")
