@@ -26,6 +26,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
+# MNIST's usual normalisation constants (mean / std of its 28 x 28 training pixels)
+MNIST_MEAN = (0.1307, 0.1307, 0.1307)
+MNIST_STD = (0.3081, 0.3081, 0.3081)
+# The architecture of the project's own MAE backbone (vipamin_cli/testbed/mae.py): MNIST padded
+# to 32 px, patch 4 -> an 8 x 8 grid, width 128, depth 6 (1.2M parameters).
+MNIST_VIT_KWARGS: dict[str, Any] = dict(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4,
+                                        mlp_ratio=4.0, qkv_bias=True)
+
+# sha256 of the shipped weights file; `make testbed-backbone` reproduces it from the seed
+MAE_MNIST_SHA256 = "0000000000000000000000000000000000000000000000000000000000000000"
+
 POOLS = ("cls", "mean-all", "mean-patch", "mean-all-norm", "timm", "timm-all")
 # cls: final norm, CLS row. mean-patch: final norm, mean of patch rows. mean-all: mean of prompts +
 # patches, fresh affine-free LayerNorm (VPT's MAE recipe). mean-all-norm: the same mean, then the
@@ -55,11 +66,14 @@ class BackboneSpec:
     requires_weights: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    builtin: tuple[str, str] | None = None  # (file in vipamin_cli/testbed/weights, its sha256)
 
     @property
     def source(self) -> str:
         if self.family == "test":
             return "built-in (seeded)"
+        if self.builtin is not None:
+            return "built-in (shipped weights)"
         if self.hub_tag is None:
             return "local file (--weights)"
         return f"hub: {self.hub_tag}"
@@ -95,6 +109,11 @@ REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in [
     _spec("sup-vit-b-in21k", "vit_base_patch16_224", "vit_base_patch16_224.orig_in21k", "supervised", "cls",
           768, 12, 12, 16, mean=INCEPTION_MEAN, std=INCEPTION_STD,
           description="supervised ImageNet-21k ViT-B/16 (the VPT backbone)"),
+    _spec("mae-vit-tiny-mnist", "vit_mae_tiny_mnist", None, "mae", "mean-all", 128, 6, 4, 4, img_size=32,
+          mean=MNIST_MEAN, std=MNIST_STD, model_kwargs=dict(MNIST_VIT_KWARGS),
+          builtin=("mae-vit-tiny-mnist.safetensors", MAE_MNIST_SHA256),
+          description="MAE ViT (patch 4, width 128, depth 6) pretrained by the project on MNIST's 60k training "
+                      "images (make testbed-backbone)"),
     _spec("vit-tiny-test", "vit_tiny_test", None, "test", "cls", 64, 4, 4, 8, img_size=32,
           model_kwargs=dict(_TINY), description="tiny seeded ViT for tests and the offline demo"),
     _spec("vit-tiny-reg-test", "vit_tiny_reg_test", None, "test", "cls", 64, 4, 4, 8, img_size=32,
@@ -103,6 +122,7 @@ REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in [
 ]}
 
 TINY_SEED = 0
+BUILTIN_WEIGHTS_DIR = Path(__file__).parent / "testbed" / "weights"
 
 
 def list_backbones() -> list[BackboneSpec]:
@@ -195,6 +215,8 @@ def _build_arch(spec: BackboneSpec, img_size: int | None) -> VisionTransformer:
         torch.manual_seed(TINY_SEED)
         if spec.arch.endswith("_test"):
             return _random_feature_init(VisionTransformer(num_classes=0, **kwargs))
+        if spec.builtin is not None:
+            return VisionTransformer(num_classes=0, **kwargs)
         return timm.create_model(spec.arch, pretrained=False, num_classes=0, **kwargs)
 
 
@@ -376,6 +398,11 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None, img_size:
     elif spec.family == "test":
         model = _build_arch(spec, img_size)
         source = f"seeded:{TINY_SEED}"
+    elif spec.builtin is not None:
+        model = _build_arch(spec, img_size)
+        path = builtin_weights_path(spec)
+        load_weights_file(model, path, spec.name)
+        source = f"builtin:{spec.builtin[0]}"
     elif spec.hub_tag is None:
         raise InputError(f"backbone '{spec.name}' has no hub copy and needs local weights", WEIGHTS_FIX)
     else:
@@ -384,6 +411,21 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None, img_size:
     model.eval()
     model.requires_grad_(False)
     return Backbone(spec=spec, model=model, weights_source=source, fingerprint=weights_fingerprint(model))
+
+
+def builtin_weights_path(spec: BackboneSpec) -> Path:
+    """The shipped weights of a built-in backbone, refused unless their sha256 is the recorded one."""
+    assert spec.builtin is not None
+    fname, want = spec.builtin
+    path = BUILTIN_WEIGHTS_DIR / fname
+    fix = "reinstall vipamin, or rebuild the file with `make testbed-backbone`"
+    if not path.is_file():
+        raise InputError(f"the weights of built-in backbone '{spec.name}' are missing: {path}", fix)
+    got = hashlib.sha256(path.read_bytes()).hexdigest()
+    if got != want:
+        raise InputError(f"the weights of built-in backbone '{spec.name}' ({path}) have sha256 {got[:16]}..., "
+                         f"expected {want[:16]}...", fix)
+    return path
 
 
 def load_backbone_from_identity(identity: dict[str, Any]) -> Backbone:

@@ -550,6 +550,56 @@ def demo(
     run_demo(out, device=device)
 
 
+data_app = typer.Typer(help="Make the offline testbed and check benchmark data folders.", no_args_is_help=True,
+                       rich_markup_mode="rich", pretty_exceptions_enable=False)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("make-testbed", epilog="Example: vipamin data make-testbed ./testbed --seed 0")
+@handle_errors
+def data_make_testbed(
+    dest: Annotated[Path, typer.Argument(help="Folder to create (empty, absent, or a testbed made before).")],
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the split of the source images and the canvases.")]
+    = 0,
+    tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated subset of the tasks.")] = None,
+    test_size: Annotated[int, typer.Option("--test-size", help="Test images per task (at most 2000).")] = 1000,
+) -> None:
+    """Write the mini-VTAB testbed (real MNIST-test and scikit-learn digits) in VTAB-1k list-file layout."""
+    from .testbed.make import make_testbed
+    from .ui import info
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    manifest = make_testbed(dest, seed=seed, tasks=names, test_size=test_size, progress=lambda t: info(f"task {t}"))
+    typer.echo(str(manifest))
+
+
+@data_app.command("check", epilog="Example: vipamin data check --suite vtab-1k ~/data/vtab-1k")
+@handle_errors
+def data_check(
+    root: Annotated[Path, typer.Argument(help="Folder holding the suite's task folders.")],
+    suite: Annotated[str, typer.Option("--suite", help="vtab-1k | fgvc | testbed")] = "vtab-1k",
+    tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated subset of the tasks.")] = None,
+    fast: Annotated[bool, typer.Option("--fast", help="Read image headers only (no full decode).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the problems as JSON.")] = False,
+) -> None:
+    """Check a benchmark data folder: task folders, list-file counts, classes, labels, every image. Exit 2 if wrong."""
+    from dataclasses import asdict
+
+    from .data.check import check_data, render_report
+    from .ui import info
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    report = check_data(root, suite, decode=not fast, tasks=names, progress=lambda t: info(f"checking {t}"))
+    if as_json:
+        typer.echo(json.dumps({"suite": report.suite, "root": report.root, "ok": report.ok,
+                               "problems": [asdict(p) for p in report.problems],
+                               "tasks": [asdict(t) for t in report.tasks]}, indent=2))
+    else:
+        render_report(report)
+    if not report.ok:
+        raise typer.Exit(2)
+
+
 def threading_is_main() -> bool:
     import threading
 
