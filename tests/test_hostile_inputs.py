@@ -300,7 +300,6 @@ def test_out_that_is_an_input_is_refused(art: SimpleNamespace, tmp_path: Path,
         ["tune", "--embeddings", emb, "--prompts", prompts, "--epochs", "1", "--warmup-epochs", "0", "--out", prompts],
         ["tune", "--embeddings", emb, "--prompts", soft, "--epochs", "1", "--warmup-epochs", "0", "--out", prompts],
         ["eval", "--checkpoint", ckpt, "--embeddings", emb, "--device", "cpu", "--out", ckpt],
-        ["eval", "--checkpoint", ckpt, "--embeddings", emb, "--device", "cpu", "--plot", emb],
     ]
     for args in cases:
         line = _one_line_error(*_run(args, capsys)[::2])
