@@ -24,7 +24,8 @@ SEED_MAX = 2**63 - 1  # every RNG we seed (torch, numpy) takes a non-negative 63
 # Comma-separated list options: command -> option -> element type. The generated hostile-input
 # test cross-checks this registry against the options whose help mentions a comma list.
 LIST_OPTIONS: dict[str, dict[str, type]] = {
-    "tune": {"--lr": float, "--weight-decay": float, "--seeds": int},
+    "tune": {"--lr": float, "--weight-decay": float, "--seeds": int, "--k": int, "--lambda": float,
+             "--sample": str, "--init-seed": int},
 }
 
 
