@@ -448,6 +448,63 @@ def recipes(
             out_console().print(f"  note: {note}")
 
 
+@app.command(epilog="Example: vipamin benchmark --suite testbed --root ./testbed --backbone mae-vit-tiny-mnist "
+             "--methods random,vipamin,linear --preset quick --out bench-testbed")
+@handle_errors
+def benchmark(
+    suite: Annotated[str, typer.Option("--suite", help="testbed | vtab-1k | fgvc-fewshot. E.g. --suite vtab-1k.")],
+    root: Annotated[Path, typer.Option("--root", help="Folder holding the suite's task folders (VTAB-1k: NOAH's "
+                                       "names). E.g. --root ~/data/vtab-1k.")],
+    backbone: BackboneOpt,
+    out: Annotated[Path, typer.Option("--out", help="Output folder: results.json, table.md, results.png, cells/. "
+                                      "Finished cells found there are skipped. E.g. --out bench-out.")],
+    weights: WeightsOpt = None,
+    methods: Annotated[str, typer.Option("--methods", help="Comma list of random | spt | vipamin | vapt | linear. "
+                                         "E.g. --methods random,vipamin,linear.")] = "random,spt,vipamin,vapt,linear",
+    tasks: Annotated[str | None, typer.Option("--tasks", help="Comma list of task names (default: all). E.g. "
+                                              "--tasks dtd,eurosat.")] = None,
+    preset: Annotated[str, typer.Option("--preset", help="paper (the VIPAMIN code's protocol: 100 epochs, 7 lrs, "
+                                        "3 final seeds) | quick (20 epochs, 3 lrs). E.g. --preset quick.")] = "paper",
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Override the preset's epochs. E.g. --epochs 10.")]
+    = None,
+    warmup_epochs: Annotated[int | None, typer.Option("--warmup-epochs", help="Override the warm-up epochs. E.g. "
+                                                      "--warmup-epochs 1.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Override the batch size. E.g. "
+                                                   "--batch-size 64.")] = None,
+    lr: Annotated[str | None, typer.Option("--lr", help="Comma list: override the lr grid. E.g. --lr 0.5,1.")] = None,
+    weight_decay: Annotated[str | None, typer.Option("--weight-decay", help="Comma list: override the weight-decay "
+                                                     "grid. E.g. --weight-decay 0.01.")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Comma list: the final runs' seeds. E.g. --seeds "
+                                              "42,44,82.")] = None,
+    prompt_length: Annotated[int | None, typer.Option("--prompt-length", "-p", help="Override the prompt length. "
+                                                      "E.g. -p 10.")] = None,
+    calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images per task (VIPAMIN, SPT). "
+                                            "E.g. --calib-size 256.")] = 256,
+    grid_batch: Annotated[int | None, typer.Option("--grid-batch", help="Configurations trained together (memory "
+                                                   "bound). E.g. --grid-batch 4.")] = None,
+    plot_png: Annotated[bool, typer.Option("--plot/--no-plot", help="Write results.png (needs matplotlib).")] = True,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Run a benchmark suite: per task embed once; per method sweep on train800/val200, final runs on
+    train800val200 with each seed, test top-1 mean ± std; prints the papers' table (also table.md)."""
+    from .benchmark import BenchmarkSpec, run_benchmark
+    from .benchmark.report import markdown_table
+    from .validate import seed as check_seed
+
+    overrides = {"epochs": epochs, "warmup_epochs": warmup_epochs, "batch_size": batch_size,
+                 "prompt_length": prompt_length,
+                 "lrs": _numbers(lr, "--lr") if lr is not None else None,
+                 "weight_decays": _numbers(weight_decay, "--weight-decay") if weight_decay is not None else None,
+                 "seeds": [check_seed(s, "--seeds") for s in _numbers(seeds, "--seeds", int)] if seeds else None}
+    spec = BenchmarkSpec(suite=suite, root=root, backbone=backbone, out=out, weights=weights,
+                         methods=tuple(_strings(methods, "--methods")),
+                         tasks=_strings(tasks, "--tasks") if tasks is not None else None, preset=preset,
+                         overrides=overrides, device=device, cache_dir=cache_dir, calib_size=calib_size,
+                         grid_batch=grid_batch, plot=plot_png)
+    typer.echo(markdown_table(run_benchmark(spec)), nl=False)
+
+
 @app.command(name="eval", epilog="Example: vipamin eval --checkpoint flowers.safetensors --data ./flowers "
              "--split test --json")
 @handle_errors

@@ -1,0 +1,386 @@
+"""The benchmark's cell loop: per task, embed the splits once; per method, sweep, select, final runs, test.
+
+A cell (task x method) follows the papers' protocol: train every (lr, weight decay) of the recipe
+(and every init hyperparameter of the grid) on the sweep split, select on the validation split
+by mean last-epoch top-1, then train the selected configuration on the final split once per seed
+(the init recomputed from the final split's statistics) and report last-epoch test top-1 mean +-
+std over seeds. Every finished cell is written to ``results.json`` at once (atomically) and skipped
+when the same command runs again; an interrupted cell resumes from tune's partial state.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import atomic_path
+from ..errors import InputError
+from .suites import Suite, Task, resolve_suite
+
+RESULTS_SCHEMA = 1
+METHODS = ("random", "spt", "vipamin", "vapt", "linear")
+# method -> (prompt architecture, init of the static prompts); linear has neither.
+METHOD_SETUP: dict[str, tuple[str | None, str | None]] = {
+    "random": ("vpt-shallow", "random"), "spt": ("vpt-shallow", "spt"), "vipamin": ("vpt-shallow", "vipamin"),
+    "vapt": ("vapt", "random"), "linear": (None, None),
+}
+INIT_GRID_KEYS = ("k", "lam")  # VIPAMIN hyperparameters a benchmark may sweep
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The training protocol every cell shares (tune options given to `benchmark` override it).
+
+    ``paper`` is the VIPAMIN code's protocol (the ``vipamin`` recipe of `vipamin recipes`); ``quick``
+    is short enough for the offline testbed on a CPU."""
+
+    epochs: int = 100
+    warmup_epochs: int = 10
+    batch_size: int = 32
+    lrs: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+    weight_decays: tuple[float, ...] = (0.01,)
+    seeds: tuple[int, ...] = (42, 44, 82)  # final runs
+    sweep_seeds: tuple[int, ...] = (42,)
+    optimizer: str = "adamw"
+    prompt_length: int | None = None  # None: the architecture's default (100 shallow, 10 VAPT)
+    prompt_dropout: float = 0.0
+
+
+PRESETS: dict[str, Preset] = {
+    # VIPAMIN's code (from VPT): AdamW, batch 32, lr grid x 32/256, 100 epochs, seeds 42/44/82.
+    "paper": Preset(),
+    # Short enough for the offline testbed on a 2-core CPU.
+    "quick": Preset(epochs=20, warmup_epochs=2, lrs=(0.25, 1.0, 2.5), prompt_length=10),
+}
+
+
+def resolve_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
+    if name not in PRESETS:
+        raise InputError(f"unknown --preset '{name}'", f"use one of {', '.join(PRESETS)}")
+    known = {f.name for f in fields(Preset)}
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    bad = sorted(set(given) - known)
+    if bad:
+        raise ValueError(f"unknown recipe fields {bad}")
+    for key in ("lrs", "weight_decays", "seeds", "sweep_seeds"):
+        if key in given:
+            given[key] = tuple(given[key])
+    recipe = replace(PRESETS[name], **given)
+    if "warmup_epochs" not in given and recipe.warmup_epochs >= recipe.epochs:
+        recipe = replace(recipe, warmup_epochs=recipe.epochs // 10)
+    return recipe
+
+
+@dataclass
+class BenchmarkSpec:
+    """Everything `vipamin benchmark` needs; a Python user fills this and calls :func:`run_benchmark`."""
+
+    suite: str
+    root: str | os.PathLike
+    backbone: str
+    out: str | os.PathLike
+    weights: str | None = None
+    methods: tuple[str, ...] = METHODS
+    tasks: list[str] | None = None
+    preset: str = "paper"
+    overrides: dict[str, Any] = field(default_factory=dict)  # Preset fields
+    init_grid: dict[str, list[Any]] = field(default_factory=dict)  # VIPAMIN: {"lam": [...], "k": [...]}
+    device: str = "auto"
+    cache_dir: str | os.PathLike | None = None
+    calib_size: int = 256
+    grid_batch: int | None = None
+    precision: str = "auto"
+    plot: bool = True
+    show_progress: bool = True
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True).encode(), digest_size=12).hexdigest()
+
+
+def _init_configs(method: str, recipe: Preset, init_grid: dict[str, list[Any]], device: str) -> list[Any]:
+    from ..inits import InitConfig
+
+    init_method = METHOD_SETUP[method][1]
+    grid = {k: v for k, v in init_grid.items() if v} if init_method == "vipamin" else {}
+    combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())] or [{}]
+    return [InitConfig(method=init_method, prompt_length=recipe.prompt_length, device=device, **c) for c in combos]
+
+
+def _base_config(method: str, recipe: Preset) -> Any:
+    from ..train import TuneConfig
+
+    return TuneConfig(arch=METHOD_SETUP[method][0] or "vpt-shallow", epochs=recipe.epochs,
+                      warmup_epochs=recipe.warmup_epochs, batch_size=recipe.batch_size, optimizer=recipe.optimizer,
+                      prompt_dropout=recipe.prompt_dropout, lr=recipe.lrs[0], weight_decay=recipe.weight_decays[0],
+                      seed=recipe.seeds[0])
+
+
+def cell_units(method: str, recipe: Preset, init_grid: dict[str, list[Any]], grid_batch: int | None) -> int:
+    """Progress units of a cell: one per training-loop epoch (a grid-batched group counts once)."""
+    sweep = len(recipe.lrs) * len(recipe.weight_decays) * len(recipe.sweep_seeds)
+    if method == "linear":
+        return (sweep + len(recipe.seeds)) * recipe.epochs
+    gb = grid_batch or 10**9
+    inits = len(_init_configs(method, recipe, init_grid, "cpu"))
+    return (inits * -(-sweep // min(gb, sweep)) + -(-len(recipe.seeds) // min(gb, len(recipe.seeds)))) * recipe.epochs
+
+
+def cell_signature(task: Task, method: str, recipe: Preset, spec: BenchmarkSpec) -> dict[str, Any]:
+    """What determines a cell's numbers: a finished cell is reused only when this is unchanged."""
+    grid = {k: v for k, v in spec.init_grid.items() if v} if METHOD_SETUP[method][1] == "vipamin" else {}
+    return {"task": task.describe(), "method": method, "backbone": spec.backbone, "weights": spec.weights,
+            "preset": asdict(recipe), "init_grid": grid, "calib_size": spec.calib_size}
+
+
+def _mean_std(values: list[float]) -> dict[str, Any]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def _tune_step(inputs: Any, base: Any, lrs: list[float], wds: list[float], seeds: list[int], out: Path,
+               device: str, grid_batch: int | None, precision: str, on_epoch: Any) -> dict[str, Any]:
+    """One tune() call, resumed from its partial state when a previous run of this cell was cut off;
+    returns the sweep record (reused as is when the checkpoint is already complete)."""
+    from ..tune import tune
+
+    sweep_json = out.with_name(out.name.removesuffix(".safetensors") + ".sweep.json")
+    if out.exists() and sweep_json.exists():
+        return json.loads(sweep_json.read_text())
+    partial = out.with_name(out.name.removesuffix(".safetensors") + ".partial.safetensors")
+    outcome = tune(inputs, base, lrs, wds, seeds, out, device=device, resume=partial.exists(), show_progress=False,
+                   on_epoch=lambda *_: on_epoch(), grid_batch=grid_batch, precision=precision)
+    return outcome.sweep
+
+
+def run_cell(task: Task, method: str, embeddings: dict[str, Path], recipe: Preset, cell_dir: str | os.PathLike,
+             device: str = "auto", init_grid: dict[str, list[Any]] | None = None, grid_batch: int | None = None,
+             precision: str = "auto", on_epoch: Any = None) -> dict[str, Any]:
+    """One table cell: sweep + select on (sweep_train, sweep_val), final runs on final_train, test top-1.
+
+    ``embeddings`` maps the task's split names to cached embeddings files. Composed from tune()
+    calls (one per init candidate for the sweep, one for the final seeds), so it can later use
+    tune's own final-split mode without changing the cell's record.
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown method '{method}'", f"use some of {', '.join(METHODS)}")
+    cell_dir = Path(cell_dir)
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    tick = on_epoch or (lambda: None)
+    started = time.perf_counter()
+    if method == "linear":
+        return _linear_cell(task, embeddings, recipe, device, tick, started)
+
+    from ..evaluate import evaluate
+    from ..tune import TuneInputs
+
+    base = _base_config(method, recipe)
+    candidates = []
+    for j, icfg in enumerate(_init_configs(method, recipe, init_grid or {}, device)):
+        inputs = TuneInputs(embeddings=embeddings[task.sweep_train], val_embeddings=embeddings[task.sweep_val],
+                            init=icfg)
+        sweep = _tune_step(inputs, base, list(recipe.lrs), list(recipe.weight_decays), list(recipe.sweep_seeds),
+                           cell_dir / f"sweep{j}.safetensors", device, grid_batch, precision, tick)
+        chosen = sweep["chosen"]
+        score = statistics.fmean(r["final_val_top1"] for r in sweep["runs"]
+                                 if (r["config"]["lr"], r["config"]["weight_decay"]) ==
+                                 (chosen["lr"], chosen["weight_decay"]))
+        candidates.append({"init": asdict(icfg), "score": score, **sweep})
+    best = max(range(len(candidates)), key=lambda j: (candidates[j]["score"], -j))
+    picked = candidates[best]
+    sweep_s = time.perf_counter() - started
+
+    from ..inits import InitConfig
+
+    final_init = InitConfig(**picked["init"])
+    inputs = TuneInputs(embeddings=embeddings[task.final_train], init=final_init)
+    final = _tune_step(inputs, base, [picked["chosen"]["lr"]], [picked["chosen"]["weight_decay"]],
+                       list(recipe.seeds), cell_dir / "final.safetensors", device, grid_batch, precision, tick)
+    final_s = time.perf_counter() - started - sweep_s
+    result = evaluate(cell_dir / "final.safetensors", embeddings=embeddings[task.test], device=device)
+    eval_s = time.perf_counter() - started - sweep_s - final_s
+    runs = []
+    for run, metrics in zip(final["runs"], result["runs"], strict=True):
+        runs.append({"seed": run["config"]["seed"], "config": run["config"], "history": run["history"],
+                     "test_top1": metrics["top1"], "test_top5": metrics["top5"], "test_macro": metrics["macro"]})
+    return {"task": task.name, "group": task.group, "method": method, "arch": base.arch,
+            "selected": {**picked["chosen"], "init": picked["init"]},
+            "sweep": {"criterion": picked["criterion"], "candidates": candidates},
+            "final": {"split": task.final_train, "runs": runs, "checkpoint": str(cell_dir / "final.safetensors")},
+            "test": {"split": task.test, "num_samples": result["runs"][0]["num_samples"]},
+            "test_top1": _mean_std([r["test_top1"] for r in runs]),
+            "timing": {"sweep_s": sweep_s, "final_s": final_s, "eval_s": eval_s,
+                       "total_s": time.perf_counter() - started}}
+
+
+def _linear_cell(task: Task, embeddings: dict[str, Path], recipe: Preset, device: str, tick: Any,
+                 started: float) -> dict[str, Any]:
+    from ..train import top1
+    from .linear import linear_sweep, pooled_features, train_linear
+
+    feats = {}
+    for split in dict.fromkeys((task.sweep_train, task.sweep_val, task.final_train, task.test)):
+        x, y, meta = pooled_features(embeddings[split], device=device)
+        feats[split] = (x, y)
+        num_classes = len(meta["data"]["class_names"])
+    features_s = time.perf_counter() - started
+    base = _base_config("linear", recipe)
+    sweep = linear_sweep(feats[task.sweep_train], feats[task.sweep_val], num_classes, base, list(recipe.lrs),
+                         list(recipe.weight_decays), list(recipe.sweep_seeds), tick)
+    sweep_s = time.perf_counter() - started - features_s
+    chosen = sweep["chosen"]
+    score = statistics.fmean(r["final_val_top1"] for r in sweep["runs"]
+                             if (r["config"]["lr"], r["config"]["weight_decay"]) ==
+                             (chosen["lr"], chosen["weight_decay"]))
+    runs = []
+    for seed in recipe.seeds:
+        cfg = replace(base, lr=chosen["lr"], weight_decay=chosen["weight_decay"], seed=seed)
+        head, run = train_linear(feats[task.final_train], None, num_classes, cfg, tick)
+        with_grad_off = head(feats[task.test][0]).detach()
+        runs.append({"seed": seed, "config": run["config"], "history": run["history"],
+                     "test_top1": top1(with_grad_off, feats[task.test][1])})
+    final_s = time.perf_counter() - started - features_s - sweep_s
+    return {"task": task.name, "group": task.group, "method": "linear", "arch": "linear-probe",
+            "selected": {**chosen, "init": None},
+            "sweep": {"criterion": sweep["criterion"], "candidates": [{"init": None, "score": score, **sweep}]},
+            "final": {"split": task.final_train, "runs": runs},
+            "test": {"split": task.test, "num_samples": int(feats[task.test][1].numel())},
+            "test_top1": _mean_std([r["test_top1"] for r in runs]),
+            "timing": {"features_s": features_s, "sweep_s": sweep_s, "final_s": final_s,
+                       "total_s": time.perf_counter() - started}}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json(path: Path, obj: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=False))
+
+
+def _load_results(path: Path, suite: Suite, spec: BenchmarkSpec) -> dict[str, Any]:
+    header = {"schema": RESULTS_SCHEMA, "suite": suite.name, "root": str(suite.root), "backbone": spec.backbone,
+              "weights": spec.weights}
+    if not path.exists():
+        return header | {"groups": list(suite.groups), "tasks": {}, "methods": [], "embeddings": {},
+                         "cells": {}, "invocations": []}
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path}: {exc}", "delete it to start over, or pass another --out") from None
+    for key, value in header.items():
+        if results.get(key) != value:
+            raise InputError(f"{path} holds a benchmark with {key} {results.get(key)!r}, not {value!r}",
+                             "pass another --out for a different benchmark")
+    return results
+
+
+def _check_plot_support() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise InputError("the benchmark plot needs matplotlib, which is not installed",
+                         "pip install 'vipamin[plot]', or pass --no-plot") from None
+
+
+def _embed_task(task: Task, spec: BenchmarkSpec) -> tuple[dict[str, Path], dict[str, Any]]:
+    from ..embed import EmbedConfig, embed_data
+
+    config = EmbedConfig(calib_size=spec.calib_size, device=spec.device)
+    paths, record = {}, {}
+    for split in dict.fromkeys((task.sweep_train, task.sweep_val, task.final_train, task.test)):
+        shots = task.shots if split in (task.sweep_train, task.final_train) else None
+        t0 = time.perf_counter()
+        res = embed_data(spec.backbone, str(task.path), weights=spec.weights, split=split, shots=shots, config=config,
+                         cache_dir=spec.cache_dir, show_progress=False)
+        paths[split] = res.path
+        record[split] = {"path": str(res.path), "digest": res.meta["digest"], "images": res.meta["data"].get(
+            "num_samples", len(res.meta.get("samples", []))), "from_cache": res.from_cache,
+            "seconds": time.perf_counter() - t0}
+    return paths, record
+
+
+def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
+    """Run (or resume) every task x method cell of the suite; returns the results and writes the report."""
+    from ..ui import info, progress_bar
+    from .report import write_report
+
+    methods = list(dict.fromkeys(spec.methods))
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise InputError(f"unknown --methods {','.join(bad) or '(empty)'}", f"use some of {','.join(METHODS)}")
+    for key in spec.init_grid:
+        if key not in INIT_GRID_KEYS:
+            raise InputError(f"unknown init grid key '{key}'", f"use {', '.join(INIT_GRID_KEYS)}")
+    recipe = resolve_preset(spec.preset, spec.overrides)
+    _base_config("random", recipe).validate()
+    if spec.plot:
+        _check_plot_support()
+    from ..embed import resolve_device
+
+    resolve_device(spec.device)
+    suite = resolve_suite(spec.suite, spec.root, spec.tasks)
+    out = Path(spec.out)
+    results_path = out / "results.json"
+    results = _load_results(results_path, suite, spec)
+    for t in suite.tasks:
+        results["tasks"][t.name] = t.describe()
+    results["methods"] = list(dict.fromkeys(results["methods"] + methods))
+    invocation = {"started": _now(), "preset": spec.preset, "effective_preset": asdict(recipe), "computed": [],
+                  "skipped": []}
+    results["invocations"].append(invocation)
+
+    todo: list[tuple[Task, str, dict[str, Any]]] = []
+    for task in suite.tasks:
+        for method in methods:
+            key = f"{task.name}/{method}"
+            sig = cell_signature(task, method, recipe, spec)
+            done = results["cells"].get(key)
+            if done is not None:
+                if done.get("signature_digest") != _digest(sig):
+                    raise InputError(f"cell {key} in {results_path} was run with other options",
+                                     "repeat the original options, pass another --out, or delete that results.json")
+                invocation["skipped"].append(key)
+                continue
+            todo.append((task, method, sig))
+    if invocation["skipped"]:
+        info(f"benchmark: {len(invocation['skipped'])} finished cell(s) in {results_path} skipped")
+    total = sum(cell_units(m, recipe, spec.init_grid, spec.grid_batch) for _, m, _ in todo)
+    write_json(results_path, results)
+    embedded: dict[str, dict[str, Path]] = {}
+    with progress_bar(f"benchmark {suite.name}", total, spec.show_progress) as bar:
+        for i, (task, method, sig) in enumerate(todo):
+            label = f"{task.name}/{method} ({i + 1}/{len(todo)})"
+            bar.advance(0, cell=label, step="embed")
+            if task.name not in embedded:
+                embedded[task.name], results["embeddings"][task.name] = _embed_task(task, spec)
+            cell_dir = out / "cells" / task.name / method
+            sig_file = cell_dir / "signature.json"
+            if cell_dir.exists() and (not sig_file.exists() or json.loads(sig_file.read_text()) != sig):
+                shutil.rmtree(cell_dir)  # leftovers of a cut-off run with other options
+            cell_dir.mkdir(parents=True, exist_ok=True)
+            write_json(sig_file, sig)
+            bar.advance(0, cell=label, step="train")
+            cell = run_cell(task, method, embedded[task.name], recipe, cell_dir, device=spec.device,
+                            init_grid=spec.init_grid, grid_batch=spec.grid_batch, precision=spec.precision,
+                            on_epoch=lambda label=label: bar.advance(1, cell=label, step="train"))
+            cell.update(signature=sig, signature_digest=_digest(sig), finished_at=_now())
+            results["cells"][f"{task.name}/{method}"] = cell
+            invocation["computed"].append(f"{task.name}/{method}")
+            write_json(results_path, results)
+            s = cell["test_top1"]
+            info(f"{label}: test top-1 {s['mean']:.2f} ± {s['std']:.2f} ({cell['timing']['total_s']:.0f} s)")
+    invocation["finished"] = _now()
+    write_json(results_path, results)
+    write_report(results, out, plot_png=spec.plot)
+    return results
