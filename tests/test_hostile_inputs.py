@@ -58,7 +58,11 @@ def art(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
                            out=root / "prompts.safetensors").path
     ckpt = tune(TuneInputs(embeddings=emb, prompts=prompts), TuneConfig(epochs=1, warmup_epochs=0), [0.1], [0.01],
                 [42], root / "ckpt.safetensors", device="cpu", show_progress=False).checkpoint
-    return SimpleNamespace(root=root, data=data, emb=emb, prompts=prompts, ckpt=ckpt)
+    from vipamin_cli.testbed.make import make_testbed
+
+    testbed = root / "testbed"
+    make_testbed(testbed, seed=0, tasks=["mnist"], train_size=6, val_size=4, test_size=4)
+    return SimpleNamespace(root=root, data=data, emb=emb, prompts=prompts, ckpt=ckpt, testbed=testbed)
 
 
 def _run(args: list, capsys: pytest.CaptureFixture[str]) -> tuple[int | str, str, str]:
@@ -208,6 +212,11 @@ def _base(name: str, art: SimpleNamespace, out: Path) -> list[str]:
     if name == "eval":
         return ["eval", "--checkpoint", art.ckpt, "--embeddings", art.emb, "--device", "cpu", "--out",
                 out / "m.json"]
+    if name == "benchmark":  # the linear probe only: the cheapest cell
+        return ["benchmark", "--suite", "testbed", "--root", art.testbed, "--backbone", "vit-tiny-test", "--methods",
+                "linear", "--preset", "quick", "--epochs", "1", "--warmup-epochs", "0", "--lr", "0.5", "--seeds", "1",
+                "--calib-size", "4", "--no-plot", "--device", "cpu", "--cache-dir", art.root / "bench-cache",
+                "--out", out / "bench"]  # a shared cache: the cases after the first reuse its embeddings
     raise AssertionError(f"command '{name}' has numeric or list options but no base invocation here: add one to "
                          "tests/test_hostile_inputs.py::_base")
 

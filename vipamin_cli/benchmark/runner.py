@@ -322,8 +322,16 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
     for key in spec.init_grid:
         if key not in INIT_GRID_KEYS:
             raise InputError(f"unknown init grid key '{key}'", f"use {', '.join(INIT_GRID_KEYS)}")
+    from .. import validate as v
+    from ..embed import EmbedConfig
+
     recipe = resolve_preset(spec.preset, spec.overrides)
     _base_config("random", recipe).validate()
+    for s in (*recipe.seeds, *recipe.sweep_seeds):
+        v.seed(s, "--seeds")
+    v.integer(recipe.prompt_length, "--prompt-length", minimum=1, example=10, optional=True)
+    v.integer(spec.grid_batch, "--grid-batch", minimum=1, example=4, optional=True)
+    EmbedConfig(calib_size=spec.calib_size, device=spec.device).validate()
     if spec.plot:
         _check_plot_support()
     from ..embed import resolve_device
