@@ -35,7 +35,7 @@ MNIST_VIT_KWARGS: dict[str, Any] = dict(img_size=32, patch_size=4, embed_dim=128
                                         mlp_ratio=4.0, qkv_bias=True)
 
 # sha256 of the shipped weights file; `make testbed-backbone` reproduces it from the seed
-MAE_MNIST_SHA256 = "0000000000000000000000000000000000000000000000000000000000000000"
+MAE_MNIST_SHA256 = "7ea4329b3baeebe6e26494ddb65cfe45dfff219fa5e711bdd7b5f05aac57d237"
 
 POOLS = ("cls", "mean-all", "mean-patch")
 WEIGHTS_FIX = "pass --weights PATH to a local checkpoint (.safetensors, .pth or .pth.tar)"
