@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: venv demo test lint bench clean testbed-backbone testbed
+.PHONY: venv demo test lint bench clean testbed-backbone testbed benchmark-testbed
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,3 +43,11 @@ testbed-backbone: $(STAMP)
 ## testbed: write the mini-VTAB testbed (8 tasks) to ./testbed
 testbed: $(STAMP)
 	$(BIN)/vipamin data make-testbed testbed --seed 0
+
+## benchmark-testbed: every method on all 8 testbed tasks with mae-vit-tiny-mnist (quick preset; hours on 2 CPU cores)
+benchmark-testbed: testbed
+	$(BIN)/vipamin benchmark --suite testbed --root testbed --backbone mae-vit-tiny-mnist \
+		--methods random,spt,vipamin,vapt,linear --preset quick --out benchmark-testbed
+
+clean:
+	rm -rf demo-out bench-results.json .pytest_cache benchmark-testbed
