@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from vipamin_cli.inits.spt import kmeans
+from vipamin_cli.inits.spt import _lloyd, kmeans
 
 
 def legacy_kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator,
@@ -33,28 +33,7 @@ def legacy_kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generato
         pick = int(torch.multinomial(weights / weights.sum(), 1, generator=generator))
         centres.append(xs[pick])
         closest = torch.minimum(closest, (sqs - 2 * xs @ xs[pick] + sqs[pick]).clamp_min(0))
-    c = torch.stack(centres)
-    assign = torch.full((n,), -1, dtype=torch.long, device=x.device)
-    scale = float(sq.mean()) or 1.0
-    for _ in range(iters):
-        dist = torch.addmm((c * c).sum(1)[None, :], x, c.T, alpha=-2.0)
-        new_assign = dist.argmin(1)
-        if torch.equal(new_assign, assign):
-            break
-        assign = new_assign
-        sums = torch.zeros_like(c).index_add_(0, assign, x)
-        counts = torch.bincount(assign, minlength=k).to(x.dtype)
-        moved = sums / counts.clamp_min(1)[:, None]
-        empty = counts == 0
-        if bool(empty.any()):
-            far = (dist.gather(1, assign[:, None]).squeeze(1) + sq).topk(int(empty.sum())).indices
-            moved[empty] = x[far]
-        shift = float(((moved - c) ** 2).sum(1).max())
-        c = moved
-        if shift < tol * scale:
-            break
-    dist = torch.addmm((c * c).sum(1)[None, :], x, c.T, alpha=-2.0)
-    return c, float((dist.min(1).values + sq).clamp_min(0).double().sum())
+    return _lloyd(x, sq, torch.stack(centres), iters, tol)  # the Lloyd loop is unchanged: only the seeding differs
 
 
 def clustered_tokens(n: int, dim: int, clusters: int, seed: int = 0) -> torch.Tensor:
