@@ -77,6 +77,7 @@ M7S = "METHODS.md §7 (SPT recipe)"
 M3S = "METHODS.md §3 (SPT's own recipe)"
 M7P = "METHODS.md §7 (VIPAMIN sweep)"
 DEFAULT = "vipamin default (not stated in METHODS.md)"
+SPT_HEAD_WD = M7S + ": head weight decay 0.5 MAE, 3.0 MoCo/supervised (resolved from the backbone family)"
 VIPAMIN_LRS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 VPT_LRS = (50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05)
 VPT_WDS = (0.01, 0.001, 0.0001, 0.0)
@@ -136,6 +137,7 @@ RECIPES: dict[str, Recipe] = {
                        eps=Value(1e-8, M7S), lr_scaling=Value("none", M7S + ": no batch/256 lr scaling"),
                        schedule_step=Value("iteration", M7S + ": cosine stepped per iteration"),
                        lr_floor=Value(1e-8, M7S + ": 1e-8 floor"), ema=Value(0.9999, M7S),
+                       head_weight_decay=Value(None, SPT_HEAD_WD),
                        drop_last=Value(True, M7S + ": last partial batch dropped"),
                        head_init=Value("trunc-normal", M7S + ": head init truncated normal 0.02"),
                        decay_groups=Value("matrices", DEFAULT), tie_break=Value("smaller-lr", DEFAULT)),
@@ -143,8 +145,7 @@ RECIPES: dict[str, Recipe] = {
         seeds=Value((42,), DEFAULT), final_seeds=Value((42, 44, 82), DEFAULT + ": VIPAMIN's final seeds"),
         init_method=Value("spt", "METHODS.md §3"), init_grid=Value(({},), DEFAULT),
         prompt_length=Value(dict(PROMPTS), "METHODS.md §3 (P = 100 shallow, 20 deep)"),
-        head_weight_decay_by_family=Value({"mae": 0.5, "default": 3.0},
-                                          M7S + ": 0.5 MAE, 3.0 MoCo/supervised"),
+        head_weight_decay_by_family=Value({"mae": 0.5, "default": 3.0}, SPT_HEAD_WD),
         notes=("the reference selects the best epoch on the test set (METHODS.md §3): vipamin selects the last "
                "epoch on validation",
                "SPT's MAE head (pretrained final norm with affine, METHODS.md §7) is a --pool choice, not set here")),
