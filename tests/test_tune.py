@@ -311,3 +311,55 @@ def test_fast_paths_match_eager_fp32(emb, tmp_path) -> None:
     agree = (predict(bf16, test["tokens"], torch.device("cpu")).argmax(1)
              == predict(eager, test["tokens"], torch.device("cpu")).argmax(1)).float().mean()
     assert float(agree) > 0.9
+
+
+@pytest.mark.parametrize("first_block,per_channel,scale", [(1, False, False), (3, False, False), (2, True, True)])
+def test_vapt_static_prompts_before_first_block_and_parameter_count(first_block, per_channel, scale) -> None:
+    from vipamin_cli.train import prompt_side_parameters
+
+    vit = load_backbone("vit-tiny-test").model  # D = 64, L = 4, 4 x 4 grid, patch 8
+    cfg = TuneConfig(arch="vapt", vapt_first_block=first_block, vapt_per_channel=per_channel, vapt_scale=scale)
+    model = build_model(vit, torch.zeros(3, 64), 10, cfg, "cls", (4, 4)).eval()
+    # The reference formula, written out: static prompts for blocks 0 .. b0-1, per adaptive block a
+    # LayerNorm (2D), the kernel (k^2, or D k^2 per channel), Linear(g'^2 -> P) with bias; projector 2 D h (+ scale).
+    d, depth, p, k, h = 64, 4, 3, 2, 8
+    kernels = (d if per_channel else 1) * k * k
+    expected = first_block * p * d + (depth - first_block) * (2 * d + kernels + (4 - k + 1) ** 2 * p + p) \
+        + 2 * d * h + (1 if scale else 0)
+    counted = sum(t.numel() for n, t in model.named_parameters() if t.requires_grad and not n.startswith("head."))
+    assert counted == expected == prompt_side_parameters(cfg, 64, 4, (4, 4), 3)
+    assert vapt_parameter_count(64, 4, 4, 3, first_block=first_block, per_channel=per_channel,
+                                learnable_scale=scale) == expected
+    x = torch.randn(2, 17, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for b in range(1, first_block):  # blocks before the first adaptive one get their own static prompts
+            static = model._block_prompts(b, x)
+            assert torch.equal(static[0], model.adaptive.static[b - 1]) and torch.equal(static[0], static[1])
+            assert 0 < float(static.abs().max()) <= math.sqrt(6 / (3 * 64 + 64))
+        assert model._block_prompts(first_block, torch.randn(2, 20, 64)).abs().max() == 0  # zero-init generator
+    if first_block > 1:  # the static prompts train
+        model.train()
+        model(x).sum().backward()
+        assert model.adaptive.static.grad is not None and model.adaptive.static.grad.abs().sum() > 0
+
+
+def test_vapt_conv_dropout_option_and_bad_values(emb, tmp_path, cli) -> None:
+    vit = load_backbone("vit-tiny-test").model
+    model = build_model(vit, torch.zeros(3, 64), 10, TuneConfig(arch="vapt", vapt_dropout=0.2,
+                                                                vapt_conv_dropout=0.3), "cls", (4, 4))
+    assert model.adaptive.maps[0].drop.p == 0.3 and model.adaptive.projector.drop.p == 0.2
+    same = build_model(vit, torch.zeros(3, 64), 10, TuneConfig(arch="vapt", vapt_dropout=0.2), "cls", (4, 4))
+    assert same.adaptive.maps[0].drop.p == 0.2
+    out = tmp_path / "x.safetensors"
+    cases = [(["--vapt-conv-dropout", "1.5"], "--vapt-conv-dropout 1.5 is outside [0, 1)"),
+             (["--vapt-dropout", "-0.1"], "--vapt-dropout -0.1 is outside [0, 1)"),
+             (["--vapt-first-block", "4"], "--vapt-first-block 4 is outside [1, 3]"),
+             (["--pool", "avg"], "unknown --pool 'avg'")]
+    for args, needle in cases:
+        code, _, stderr = cli("tune", "--embeddings", emb["train"], "--arch", "vapt", "--epochs", "2",
+                              "--warmup-epochs", "0", *args, "--out", out)
+        assert code == 2 and stderr.count("\n") == 1 and needle in stderr, (args, stderr)
+        assert not out.exists()
+    ok = _tune(emb, tmp_path / "ok.safetensors", arch="vapt", epochs=1, warmup_epochs=0)
+    meta = load_artifact(ok.checkpoint).meta
+    assert meta["prompt_side_parameters"] == vapt_parameter_count(64, 4, 4, 5)  # _tune: P = 5

@@ -360,8 +360,14 @@ def tune(
                                                   "are generated (earlier blocks keep the incoming ones).")] = 1,
     vapt_per_channel: Annotated[bool, typer.Option("--vapt-per-channel", help="VAPT: one kernel per channel "
                                                    "instead of one shared kernel.")] = False,
-    vapt_dropout: Annotated[float, typer.Option("--vapt-dropout", help="VAPT: dropout after the conv and in "
-                                                "the projector.")] = 0.1,
+    vapt_dropout: Annotated[float, typer.Option("--vapt-dropout", help="VAPT: dropout in the projector's hidden "
+                                                "layer (and Dropout2d after the conv unless --vapt-conv-dropout "
+                                                "is given), e.g. --vapt-dropout 0.1.")] = 0.1,
+    vapt_conv_dropout: Annotated[float | None, typer.Option("--vapt-conv-dropout", help="VAPT: Dropout2d rate "
+                                                            "after the conv (default: --vapt-dropout), e.g. "
+                                                            "--vapt-conv-dropout 0.1.")] = None,
+    vapt_scale: Annotated[bool, typer.Option("--vapt-scale", help="VAPT: a learnable scale on the projector's "
+                                             "residual branch (1 parameter), e.g. --vapt-scale.")] = False,
     head_init: Annotated[str | None, typer.Option("--head-init", help="kaiming (normal, fan_out) | zeros | "
                                                   "trunc-normal (std 0.02, SPT); bias 0.")] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images when embedding.")] = 256,
@@ -406,7 +412,8 @@ def tune(
         init_grid=init_grid, prompt_length=prompt_length, arch=arch, pool=pool, epochs=epochs,
         warmup_epochs=warmup_epochs, batch_size=batch_size, optimizer=optimizer, prompt_dropout=prompt_dropout,
         vapt_hidden=vapt_hidden, vapt_kernel=vapt_kernel, vapt_first_block=vapt_first_block,
-        vapt_per_channel=vapt_per_channel, vapt_dropout=vapt_dropout, head_init=head_init, val_every=val_every,
+        vapt_per_channel=vapt_per_channel, vapt_dropout=vapt_dropout, vapt_conv_dropout=vapt_conv_dropout,
+        vapt_scale=vapt_scale or None, head_init=head_init, val_every=val_every,
         lr_scaling=lr_scaling, schedule_step=schedule_step, lr_floor=lr_floor, decay_groups=decay_groups,
         head_weight_decay=head_weight_decay, ema=ema, drop_last=drop_last, tie_break=tie_break)
     inputs = TuneInputs(embeddings=embeddings, backbone=backbone, data=data, weights=weights, split=split,

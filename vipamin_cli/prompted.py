@@ -72,6 +72,9 @@ class PromptedViT(nn.Module):
             return self.prompt_dropout(p).unsqueeze(0).expand(bsz, -1, -1)
         if self.adaptive is not None and self.adaptive.applies_to(b):
             return self.adaptive(b, x, self.num_prefix, self.num_prompts)
+        static = self.adaptive.static_prompts(b) if self.adaptive is not None else None
+        if static is not None:  # VAPT blocks before the first adaptive one: own static prompts
+            return self.prompt_dropout(static).unsqueeze(0).expand(bsz, -1, -1)
         if self.deep:
             return self.prompt_dropout(self.prompts[b]).unsqueeze(0).expand(bsz, -1, -1)
         return None

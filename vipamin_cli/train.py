@@ -48,7 +48,9 @@ class TuneConfig:
     vapt_kernel: int = 2
     vapt_first_block: int = 1
     vapt_per_channel: bool = False
-    vapt_dropout: float = 0.1  # Dropout2d after the conv and dropout in the projector's hidden layer
+    vapt_dropout: float = 0.1  # dropout in the projector's hidden layer (and Dropout2d, unless set below)
+    vapt_conv_dropout: float | None = None  # Dropout2d rate after the conv; None: vapt_dropout
+    vapt_scale: bool = False  # learnable scale of the projector's residual branch
     head_init: str = "kaiming"  # kaiming (normal, fan_out) | zeros | trunc-normal (std 0.02); bias 0
     val_every: int = 1
     # Recipe details (defaults: the VIPAMIN recipe; see recipes.py for every paper's values)
@@ -87,6 +89,8 @@ class TuneConfig:
         v.integer(self.vapt_kernel, "--vapt-kernel", minimum=1, example=2)
         v.integer(self.vapt_first_block, "--vapt-first-block", minimum=1, example=1)
         v.number(self.vapt_dropout, "--vapt-dropout", minimum=0, maximum=1, max_open=True, example=0.1)
+        if self.vapt_conv_dropout is not None:
+            v.number(self.vapt_conv_dropout, "--vapt-conv-dropout", minimum=0, maximum=1, max_open=True, example=0.1)
         v.integer(self.val_every, "--val-every", minimum=1, example=1)
         if self.head_init not in HEAD_INITS:
             raise InputError(f"unknown --head-init '{self.head_init}'", f"use one of {', '.join(HEAD_INITS)}")
@@ -131,6 +135,7 @@ def epoch_steps(n: int, config: TuneConfig) -> int:
 def build_model(vit: nn.Module, prompts: torch.Tensor, num_classes: int, config: TuneConfig, pool: str,
                 grid: tuple[int, int]) -> PromptedViT:
     """The prompted model of ``config.arch``, head initialised from ``config.seed``."""
+    from .inits.base import vpt_bound
     from .vapt import VaptPromptGenerator
 
     with torch.random.fork_rng(devices=[]):  # every random init below depends on config.seed alone
@@ -140,7 +145,11 @@ def build_model(vit: nn.Module, prompts: torch.Tensor, num_classes: int, config:
             adaptive = VaptPromptGenerator(int(vit.embed_dim), len(vit.blocks), grid, int(prompts.shape[-2]),
                                            hidden=config.vapt_hidden, kernel=config.vapt_kernel,
                                            first_block=config.vapt_first_block,
-                                           per_channel=config.vapt_per_channel, dropout=config.vapt_dropout)
+                                           per_channel=config.vapt_per_channel, dropout=config.vapt_dropout,
+                                           conv_dropout=config.vapt_conv_dropout,
+                                           learnable_scale=config.vapt_scale,
+                                           static_bound=vpt_bound(int(vit.patch_embed.patch_size[0]),
+                                                                  int(vit.embed_dim)))
         model = PromptedViT(vit, prompts, pool=pool, prompt_dropout=config.prompt_dropout,
                             num_classes=num_classes, adaptive=adaptive)
         if config.head_init == "zeros":
@@ -151,6 +160,17 @@ def build_model(vit: nn.Module, prompts: torch.Tensor, num_classes: int, config:
             nn.init.kaiming_normal_(model.head.weight, a=0, mode="fan_out")
         nn.init.zeros_(model.head.bias)
     return model
+
+
+def prompt_side_parameters(config: TuneConfig, dim: int, depth: int, grid: tuple[int, int],
+                           num_prompts: int) -> int:
+    """Trainable parameters besides the head (prompts, and VAPT's generator with its options)."""
+    from .vapt import vapt_parameter_count
+
+    if config.arch == "vapt":
+        return vapt_parameter_count(dim, depth, grid[0], num_prompts, config.vapt_hidden, config.vapt_kernel,
+                                    config.vapt_first_block, config.vapt_per_channel, config.vapt_scale)
+    return (depth if config.arch == "vpt-deep" else 1) * num_prompts * dim
 
 
 def decay_groups(model: PromptedViT, config: TuneConfig) -> dict[str, list[str]]:

@@ -30,6 +30,7 @@ from .train import (
     build_model,
     config_dict,
     optimizer_tensors,
+    prompt_side_parameters,
     train_group,
     trainable_state,
 )
@@ -509,6 +510,9 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
                                   "val_split": val.meta["data"]["split"] if val else None},
                    "init": sources[0] if len(sources) == 1 else {"grid": sources}, "arch": base.arch, "pool": pool,
                    "grid": list(grid), "num_classes": num_classes,
+                   "prompt_side_parameters": prompt_side_parameters(base, int(identity["width"]),
+                                                                    int(identity["depth"]), grid,
+                                                                    int(prompts[0].shape[-2])),
                    "runtime": {"precision": precision, "compile": compile_blocks, "device": dev.type},
                    "recipe": {"name": recipe.recipe, "values": recipe.resolved} if recipe is not None else None}
     run_kw = {"backbone": backbone, "num_classes": num_classes, "pool": pool, "grid": grid, "dev": dev,

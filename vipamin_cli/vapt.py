@@ -4,7 +4,8 @@ For each adaptive block b: the patch tokens of block b-1's output -> per-block L
 patch grid as a D-channel image -> one k x k kernel shared by all channels (depthwise, no padding)
 -> Dropout2d -> flatten the grid -> per-block Linear(positions -> P), zero-initialised -> a
 residual feature projector x + W2 relu(W1 x) shared by all blocks. Because of the zero init the
-adaptive prompts start at exactly zero.
+adaptive prompts start at exactly zero. Blocks 1 .. first_block-1 (when the first adaptive block is
+> 1, the reference's ``VPT_DEPTH``) get their own static trainable prompts, VPT-random initialised.
 """
 
 from __future__ import annotations
@@ -70,17 +71,30 @@ class VaptPromptGenerator(nn.Module):
 
     def __init__(self, dim: int, depth: int, grid: tuple[int, int], num_prompts: int, hidden: int = 8,
                  kernel: int = 2, first_block: int = 1, per_channel: bool = False, dropout: float = 0.1,
-                 learnable_scale: bool = False) -> None:
+                 learnable_scale: bool = False, conv_dropout: float | None = None,
+                 static_bound: float = 0.0) -> None:
         super().__init__()
         if not 1 <= first_block < depth:
             raise ValueError(f"first adaptive block must be in [1, {depth - 1}]")
         self.first_block = first_block
-        self.maps = nn.ModuleList(AdaptiveBlockMap(dim, grid, num_prompts, kernel, per_channel, dropout)
+        conv_rate = dropout if conv_dropout is None else conv_dropout
+        self.maps = nn.ModuleList(AdaptiveBlockMap(dim, grid, num_prompts, kernel, per_channel, conv_rate)
                                   for _ in range(first_block, depth))
         self.projector = FeatureProjector(dim, hidden, dropout, learnable_scale)
+        # static prompts of blocks 1 .. first_block-1 (VPT deep prompts, uniform in [-bound, bound])
+        self.static = None
+        if first_block > 1:
+            init = torch.empty(first_block - 1, num_prompts, dim).uniform_(-static_bound, static_bound)
+            self.static = nn.Parameter(init)
 
     def applies_to(self, block: int) -> bool:
         return block >= self.first_block
+
+    def static_prompts(self, block: int) -> torch.Tensor | None:
+        """Block ``block``'s own static prompts (P, D) when it lies before the first adaptive block."""
+        if self.static is not None and 1 <= block < self.first_block:
+            return self.static[block - 1]
+        return None
 
     def forward(self, block: int, x: torch.Tensor, num_prefix: int, num_prompts: int) -> torch.Tensor:
         patches = x[:, num_prefix + num_prompts:]
@@ -88,8 +102,11 @@ class VaptPromptGenerator(nn.Module):
 
 
 def vapt_parameter_count(dim: int, depth: int, grid: int, num_prompts: int, hidden: int = 8, kernel: int = 2,
-                         first_block: int = 1) -> int:
-    """METHODS.md 4: static block-0 prompts + per adaptive block (LayerNorm, kernel, Linear) + projector."""
+                         first_block: int = 1, per_channel: bool = False, learnable_scale: bool = False) -> int:
+    """METHODS.md 4: static prompts of blocks 0 .. first_block-1 + per adaptive block (LayerNorm,
+    kernel: one shared or one per channel, Linear) + the shared projector (+ its optional scale)."""
     positions = (grid - kernel + 1) ** 2
-    per_block = 2 * dim + kernel * kernel + positions * num_prompts + num_prompts
-    return num_prompts * dim + (depth - first_block) * per_block + 2 * dim * hidden
+    kernels = (dim if per_channel else 1) * kernel * kernel
+    per_block = 2 * dim + kernels + positions * num_prompts + num_prompts
+    return (first_block * num_prompts * dim + (depth - first_block) * per_block + 2 * dim * hidden
+            + (1 if learnable_scale else 0))
