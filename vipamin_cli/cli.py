@@ -96,6 +96,43 @@ DataSeedOpt = Annotated[int, typer.Option("--data-seed", help="Seed of the few-s
 ImageColOpt = Annotated[str, typer.Option("--image-column", help="Image column of a hub dataset.")]
 LabelColOpt = Annotated[str, typer.Option("--label-column", help="Label column of a hub dataset.")]
 
+# The embedding options, one group shared by every command that embeds (embed; init, tune and eval with
+# --backbone/--data), so that each finds the cache entry `embed` made with the same values.
+EMBED_PANEL = "Embedding (embed, and init/tune/eval with --backbone/--data)"
+ResizeOpt = Annotated[str, typer.Option("--resize", rich_help_panel=EMBED_PANEL, help="auto | vtab (squash to "
+                                        "input size) | fgvc (resize 256, centre crop 224). auto = fgvc for FGVC "
+                                        "json folders, else vtab. E.g. --resize fgvc.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", rich_help_panel=EMBED_PANEL, help="Storage dtype of cached "
+                                       "tokens: bfloat16 | float32 (recommended for init-only embeddings). E.g. "
+                                       "--dtype float32.")]
+CalibSizeOpt = Annotated[int, typer.Option("--calib-size", rich_help_panel=EMBED_PANEL, help="Images used for "
+                                           "the calibration statistics. E.g. --calib-size 256.")]
+SampleImagesOpt = Annotated[int, typer.Option("--sample-images", rich_help_panel=EMBED_PANEL, help="Calibration "
+                                              "images whose per-block tokens are kept for SPT prototypes. E.g. "
+                                              "--sample-images 32.")]
+AugmentOpt = Annotated[str | None, typer.Option("--augment", rich_help_panel=EMBED_PANEL, help="none | fgvc "
+                                                "(also cache --views random training views per image: resize "
+                                                "256, random crop 224, flip; tune draws one per image per epoch) "
+                                                "| auto (fgvc for FGVC json folders). Default none; tune with "
+                                                "--recipe: auto. E.g. --augment fgvc.")]
+ViewsOpt = Annotated[int | None, typer.Option("--views", rich_help_panel=EMBED_PANEL, help="Augmented views per "
+                                              "training image with --augment (default 8; storage (1 + V) x the "
+                                              "tokens). E.g. --views 8.")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", rich_help_panel=EMBED_PANEL, help="Image decoding "
+                                                "workers (default: 0 on CPU, up to 8 on CUDA). E.g. --workers 4.")]
+EmbedBatchOpt = Annotated[int, typer.Option("--embed-batch-size", rich_help_panel=EMBED_PANEL, help="Images per "
+                                            "forward batch when embedding. E.g. --embed-batch-size 64.")]
+
+
+def _embed_config(seed: int, resize: str, dtype: str, calib_size: int, sample_images: int, augment: str | None,
+                  views: int | None, workers: int | None, batch_size: int, device: str) -> Any:
+    """The EmbedConfig of the shared embedding options (augment None = none)."""
+    from .embed import EmbedConfig
+
+    return EmbedConfig(resize=resize, dtype=dtype, calib_size=calib_size, sample_images=sample_images, seed=seed,
+                       batch_size=batch_size, device=device, workers=workers, augment=augment or "none",
+                       views=views)
+
 
 @app.command(epilog="Example: vipamin embed --backbone mae-vit-b --data ./flowers --split train")
 @handle_errors
@@ -107,17 +144,15 @@ def embed(
     weights: WeightsOpt = None,
     shots: ShotsOpt = None,
     seed: SeedOpt = 0,
-    resize: Annotated[str, typer.Option("--resize", help="auto | vtab (squash to input size) | fgvc (resize 256, "
-                                        "centre crop 224). auto = fgvc for FGVC json folders, else vtab.")] = "auto",
+    resize: ResizeOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward batch.")] = 64,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype of cached tokens: bfloat16 | float32.")]
-    = "bfloat16",
-    calib_size: Annotated[int, typer.Option("--calib-size", help="Images used for calibration statistics.")] = 256,
-    sample_images: Annotated[int, typer.Option("--sample-images", help="Calibration images whose per-block tokens "
-                                               "are kept for SPT prototypes.")] = 32,
-    workers: Annotated[int | None, typer.Option("--workers", help="Image decoding workers (default: 0 on CPU, "
-                                                "up to 8 on CUDA).")] = None,
+    dtype: DtypeOpt = "bfloat16",
+    calib_size: CalibSizeOpt = 256,
+    sample_images: SampleImagesOpt = 32,
+    augment: AugmentOpt = None,
+    views: ViewsOpt = None,
+    workers: WorkersOpt = None,
     cache_dir: CacheOpt = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache (needs --out).")]
     = False,
@@ -129,10 +164,10 @@ def embed(
     Later commands given the same --backbone/--data find the cached file and skip the forward pass.
     Prints the path of the embeddings file on stdout.
     """
-    from .embed import EmbedConfig, embed_data
+    from .embed import embed_data
 
-    config = EmbedConfig(resize=resize, dtype=dtype, calib_size=calib_size, sample_images=sample_images, seed=seed,
-                         batch_size=batch_size, device=device, workers=workers)
+    config = _embed_config(seed, resize, dtype, calib_size, sample_images, augment, views, workers, batch_size,
+                           device)
     result = embed_data(backbone, data, weights=weights, split=split, shots=shots, config=config, out=out,
                         cache_dir=cache_dir, use_cache=not no_cache, image_column=image_column,
                         label_column=label_column)
@@ -153,7 +188,14 @@ def init(
     weights: WeightsOpt = None,
     shots: ShotsOpt = None,
     data_seed: DataSeedOpt = 0,
-    calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images when embedding.")] = 256,
+    resize: ResizeOpt = "auto",
+    dtype: DtypeOpt = "bfloat16",
+    calib_size: CalibSizeOpt = 256,
+    sample_images: SampleImagesOpt = 32,
+    augment: AugmentOpt = None,
+    views: ViewsOpt = None,
+    workers: WorkersOpt = None,
+    embed_batch_size: EmbedBatchOpt = 64,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Prompts file (default prompts-<method>"
                                              "[-deep].safetensors).")] = None,
     deep: Annotated[bool, typer.Option("--deep", help="One prompt set per block (deep VPT).")] = False,
@@ -192,14 +234,14 @@ def init(
     Given --backbone/--data, the matching embeddings are found in the cache (or embedded first).
     Prints the path of the prompts file on stdout.
     """
-    from .embed import EmbedConfig
     from .inits import InitConfig, init_prompts
 
     config = InitConfig(method=method, prompt_length=prompt_length, deep=deep, seed=seed, k=k, lam=lam, orth=orth,
                         orth_scale=orth_scale, orth_rcond=orth_rcond, orth_energy=orth_energy, orth_rank=orth_rank,
                         sample=sample, token_budget=token_budget,
                         kmeans_iters=kmeans_iters, kmeans_restarts=kmeans_restarts, device=device)
-    embed_config = EmbedConfig(seed=data_seed, calib_size=calib_size, device=device)
+    embed_config = _embed_config(data_seed, resize, dtype, calib_size, sample_images, augment, views, workers,
+                                 embed_batch_size, device)
     outcome = init_prompts(config, embeddings=embeddings, backbone=backbone, data=data, weights=weights,
                            split=split, shots=shots, embed_config=embed_config, out=out, cache_dir=cache_dir)
     typer.echo(str(outcome.path))
@@ -370,7 +412,14 @@ def tune(
                                              "residual branch (1 parameter), e.g. --vapt-scale.")] = False,
     head_init: Annotated[str | None, typer.Option("--head-init", help="kaiming (normal, fan_out) | zeros | "
                                                   "trunc-normal (std 0.02, SPT); bias 0.")] = None,
-    calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images when embedding.")] = 256,
+    resize: ResizeOpt = "auto",
+    dtype: DtypeOpt = "bfloat16",
+    calib_size: CalibSizeOpt = 256,
+    sample_images: SampleImagesOpt = 32,
+    augment: AugmentOpt = None,
+    views: ViewsOpt = None,
+    workers: WorkersOpt = None,
+    embed_batch_size: EmbedBatchOpt = 64,
     val_every: Annotated[int, typer.Option("--val-every", help="Validate every N epochs.")] = 1,
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU) | "
                                            "bf16 | fp32.")] = "auto",
@@ -391,9 +440,9 @@ def tune(
     (last-epoch top-1); --seeds trains each configuration per seed; --final-split then retrains the
     selected one on train+val. --recipe sets a paper's defaults. Prints the checkpoint path on stdout.
     """
-    from .embed import EmbedConfig
     from .errors import InputError
     from .inits import InitConfig
+    from .recipes import default_augment
     from .recipes import plan as make_plan
     from .tune import TuneInputs, tune_plan
 
@@ -419,7 +468,9 @@ def tune(
     inputs = TuneInputs(embeddings=embeddings, backbone=backbone, data=data, weights=weights, split=split,
                         shots=shots, val=val, val_embeddings=val_embeddings, prompts=prompts,
                         init=InitConfig(method=tune_plan_.init_method, device=device),
-                        embed_config=EmbedConfig(seed=data_seed, calib_size=calib_size, device=device),
+                        embed_config=_embed_config(data_seed, resize, dtype, calib_size, sample_images,
+                                                   default_augment(recipe, augment), views, workers,
+                                                   embed_batch_size, device),
                         cache_dir=cache_dir, final_split=final_split, final_embeddings=final_embeddings)
     outcome = tune_plan(inputs, tune_plan_, out, device=device, resume=resume, grid_batch=grid_batch,
                         precision=precision, compile_mode=compile_)
@@ -529,10 +580,18 @@ def eval_(
     plot: Annotated[Path | None, typer.Option("--plot", help="Draw the confusion matrix into this PNG.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     cache_dir: CacheOpt = None,
+    data_seed: DataSeedOpt = 0,
+    resize: ResizeOpt = "auto",
+    dtype: DtypeOpt = "bfloat16",
+    calib_size: CalibSizeOpt = 256,
+    sample_images: SampleImagesOpt = 32,
+    augment: AugmentOpt = None,
+    views: ViewsOpt = None,
+    workers: WorkersOpt = None,
+    embed_batch_size: EmbedBatchOpt = 64,
 ) -> None:
     """Top-1, top-5, per-class and macro accuracy and the confusion matrix; mean +- std over seeds."""
     from .artifacts import atomic_path
-    from .embed import EmbedConfig
     from .evaluate import evaluate, plot_confusion, render_metrics
     from .validate import output_path
 
@@ -545,7 +604,9 @@ def eval_(
         if path is not None:
             output_path(path, option, inputs)
     result = evaluate(checkpoint, embeddings=embeddings, backbone=backbone, data=data, weights=weights, split=split,
-                      embed_config=EmbedConfig(device=device), cache_dir=cache_dir, device=device)
+                      embed_config=_embed_config(data_seed, resize, dtype, calib_size, sample_images, augment,
+                                                 views, workers, embed_batch_size, device),
+                      cache_dir=cache_dir, device=device)
     text = json.dumps(result, indent=2)
     if out is not None:
         with atomic_path(out) as tmp:

@@ -44,6 +44,14 @@ class EmbedConfig:
     batch_size: int = 64
     device: str = "auto"
     workers: int | None = None
+    augment: str = "none"  # none | fgvc | auto (fgvc for FGVC json sources): V random training views
+    views: int | None = None  # views per image with --augment (default data.augment.DEFAULT_VIEWS)
+
+    def resolved_views(self, augment: str) -> int:
+        """Views cached per image once ``augment`` is resolved (0: none)."""
+        from .data.augment import DEFAULT_VIEWS
+
+        return 0 if augment == "none" else (self.views or DEFAULT_VIEWS)
 
     def validate(self, names: dict[str, str] | None = None) -> None:
         """Range checks of every option; ``names`` renames options (init's --data-seed is embed's --seed)."""
@@ -54,11 +62,19 @@ class EmbedConfig:
         if self.dtype not in DTYPES:
             raise InputError(f"unknown --dtype '{self.dtype}'", f"use one of {', '.join(DTYPES)}")
         v.integer(self.calib_size, names.get("calib_size", "--calib-size"), minimum=1, example=256)
-        v.integer(self.batch_size, "--batch-size", minimum=1, example=64)
+        v.integer(self.batch_size, names.get("batch_size", "--batch-size"), minimum=1, example=64)
         v.integer(self.sample_images, "--sample-images", minimum=0, example=32)
         v.seed(self.seed, names.get("seed", "--seed"))
         v.integer(self.workers, "--workers", minimum=0, maximum=max(64, 4 * (os.cpu_count() or 1)), example=4,
                   optional=True)
+        from .data.augment import AUGMENTS
+
+        if self.augment not in AUGMENTS:
+            raise InputError(f"unknown --augment '{self.augment}'", f"use one of {', '.join(AUGMENTS)}")
+        v.integer(self.views, "--views", minimum=1, maximum=256, example=8, optional=True)
+        if self.views is not None and self.augment == "none":
+            raise InputError(f"--views {self.views} needs --augment fgvc (views are augmented copies)",
+                             "add --augment fgvc, or drop --views")
 
 
 @dataclass
@@ -164,19 +180,24 @@ class CalibrationRecorder:
 
 
 def embeddings_key(backbone: Backbone, data_fingerprint: str, preprocessing: dict[str, Any],
-                   config: EmbedConfig) -> str:
-    return content_key({
+                   config: EmbedConfig, augment: dict[str, Any] | None = None) -> str:
+    """The cache key; augmented views enter it (entries without views keep their keys)."""
+    fields = {
         "schema": SCHEMA_VERSION, "artifact": "embeddings",
         "backbone": [backbone.spec.name, backbone.fingerprint, backbone.img_size],
         "data": data_fingerprint, "preprocessing": preprocessing,
         "dtype": config.dtype, "calib_size": config.calib_size, "sample_images": config.sample_images,
         "seed": config.seed,
-    })
+    }
+    if augment is not None:
+        fields["augment"] = augment
+    return content_key(fields)
 
 
 def compute_embeddings(backbone: Backbone, image_set: ImageSet, config: EmbedConfig, preprocessing: dict[str, Any],
-                       show_progress: bool = True) -> dict[str, torch.Tensor]:
-    """The forward pass itself: block-0 tokens for all images, statistics for the calibration subset."""
+                       show_progress: bool = True, views: int = 0) -> dict[str, torch.Tensor]:
+    """The forward pass itself: block-0 tokens for all images, statistics for the calibration subset,
+    and with ``views`` > 0 the block-0 tokens of that many seeded augmented views per image."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -218,10 +239,42 @@ def compute_embeddings(backbone: Backbone, image_set: ImageSet, config: EmbedCon
             if bool(mask.any()):
                 recorder.run(x[mask.to(device)], is_sample[index][mask].to(device))
             bar.advance(len(index))
-    backbone.model.to("cpu")
     out = {"tokens": tokens, "labels": labels, "calib.index": calib_index, "calib.sample_index": sample_index}
     out.update(recorder.tensors())
+    if views > 0:
+        out.update(_embed_views(model, image_set, config, preprocessing, views, device, workers, show_progress))
+    backbone.model.to("cpu")
     return out
+
+
+def _embed_views(model: torch.nn.Module, image_set: ImageSet, config: EmbedConfig, preprocessing: dict[str, Any],
+                 views: int, device: torch.device, workers: int, show_progress: bool) -> dict[str, torch.Tensor]:
+    """Block-0 tokens of ``views`` seeded random views per image (the calibration pass never sees them)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from .data.augment import TorchViews, ViewTransform, view_params
+
+    n = len(image_set)
+    dtype = getattr(torch, config.dtype)
+    params = view_params(n, views, preprocessing["img_size"], config.seed)
+    transform = ViewTransform(preprocessing["img_size"], tuple(preprocessing["mean"]), tuple(preprocessing["std"]),
+                              preprocessing["interpolation"])
+    loader = DataLoader(TorchViews(image_set, transform, params), batch_size=config.batch_size, shuffle=False,
+                        num_workers=workers, pin_memory=device.type == "cuda")
+    out = None
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
+        "cpu", enabled=False)
+    with torch.inference_mode(), autocast, progress_bar(f"embed {image_set.split} views", n * views,
+                                                        show_progress) as bar:
+        for images, _labels, flat in _batches(loader):
+            x = block0_tokens(model, images.to(device, non_blocking=True))
+            if out is None:
+                out = torch.empty((n * views, *x.shape[1:]), dtype=dtype)
+            out[flat] = x.to("cpu", dtype)
+            bar.advance(len(flat))
+    assert out is not None
+    return {"views.tokens": out.view(n, views, *out.shape[1:]), "views.params": params}
 
 
 def _batches(loader: Any) -> Iterator[Any]:
@@ -242,6 +295,7 @@ def embed_dataset(backbone: Backbone, image_set: ImageSet, config: EmbedConfig |
                   use_cache: bool = True, show_progress: bool = True) -> EmbedResult:
     """Return embeddings for ``image_set``: from the cache when an entry matches, else computed once."""
     from .data import preprocessing_info, resolve_resize
+    from .data.augment import augment_info, resolve_augment
 
     config = config or EmbedConfig()
     check_embed_request(config, out, cache_dir, use_cache)
@@ -251,7 +305,9 @@ def embed_dataset(backbone: Backbone, image_set: ImageSet, config: EmbedConfig |
     spec = backbone.spec
     preprocessing = preprocessing_info(resize, backbone.img_size, spec.mean, spec.std, spec.interpolation)
     data_fingerprint = image_set.fingerprint()
-    key = embeddings_key(backbone, data_fingerprint, preprocessing, config)
+    views = config.resolved_views(resolve_augment(config.augment, image_set))
+    augment = augment_info(views, backbone.img_size, spec.interpolation) if views else None
+    key = embeddings_key(backbone, data_fingerprint, preprocessing, config, augment)
     cached = embeddings_path(checked_cache_root(cache_dir), key) if use_cache else None
 
     lock = entry_lock(cached) if cached is not None else contextlib.nullcontext()
@@ -260,7 +316,7 @@ def embed_dataset(backbone: Backbone, image_set: ImageSet, config: EmbedConfig |
         if hit is not None:
             return hit
         try:
-            tensors = compute_embeddings(backbone, image_set, config, preprocessing, show_progress)
+            tensors = compute_embeddings(backbone, image_set, config, preprocessing, show_progress, views)
         except KeyboardInterrupt:
             raise Interrupted("embed interrupted; nothing was written", "run the same command again") from None
         meta = {
@@ -270,7 +326,9 @@ def embed_dataset(backbone: Backbone, image_set: ImageSet, config: EmbedConfig |
             "samples": [s.key for s in image_set.samples],
             "calibration": {"size": int(tensors["calib.index"].numel()),
                             "sample_images": int(tensors["calib.sample_index"].numel()), "seed": config.seed},
-            "config": {k: v for k, v in asdict(config).items() if k not in ("device", "workers", "batch_size")},
+            "config": {k: v for k, v in asdict(config).items()
+                       if k not in ("device", "workers", "batch_size", "augment", "views")},
+            "augment": augment,
             "tokens_dtype": config.dtype,
             "cache_key": key,
         }

@@ -47,6 +47,8 @@ def evaluate(checkpoint: str | os.PathLike, embeddings: str | os.PathLike | None
     from .train import predict
     from .tune import check_compatible, load_runs
 
+    if embed_config is not None:
+        embed_config.validate({"seed": "--data-seed", "batch_size": "--embed-batch-size"})
     ckpt = load_artifact(checkpoint, "checkpoint", what="--checkpoint")
     if ckpt.meta.get("partial"):
         raise InputError(f"{checkpoint} is an unfinished run's resume state", "finish it with `vipamin tune --resume`")

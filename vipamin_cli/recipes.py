@@ -188,6 +188,14 @@ class TunePlan:
     head_weight_decay_by_family: dict[str, float] | None = None
 
 
+def default_augment(recipe: str | None, augment: str | None) -> str:
+    """The training augmentation when --augment is not given: with a recipe, ``auto`` (FGVC json
+    sources train on random crops and flips, as the FGVC protocol does); without one, none."""
+    if augment is not None:
+        return augment
+    return "auto" if recipe is not None else "none"
+
+
 def plan(recipe: str | None = None, *, lrs: list[float] | None = None, weight_decays: list[float] | None = None,
          seeds: list[int] | None = None, final_seeds: list[int] | None = None, init_method: str | None = None,
          init_grid: list[dict[str, Any]] | None = None, prompt_length: int | None = None,

@@ -306,7 +306,14 @@ class RunState:
     best: dict[str, float] | None = None
 
 
-def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, torch.Tensor],
+def view_choice(n: int, views: int, seed: int, epoch: int) -> torch.Tensor:
+    """Which cached augmented view each image trains with in ``epoch``: seeded by (seed, epoch) only,
+    so a run is reproducible, a resumed run draws the same views, and epochs differ."""
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch) ^ 0x71E75)
+    return torch.randint(views, (n,), generator=gen)
+
+
+def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, ...],
                 val: tuple[torch.Tensor, torch.Tensor] | None, configs: list[TuneConfig], device: torch.device,
                 states: list[RunState] | None = None, optimizer_states: list[dict[str, torch.Tensor] | None] | None
                 = None, on_epoch: Callable[[list[PromptedViT], list[torch.optim.Optimizer], list[RunState]], None]
@@ -341,7 +348,8 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, torch.Tens
     for m, c, st in zip(models, configs, ema_states or [None] * group, strict=True):
         m.ema = WeightEma(m, c.ema, st or None) if c.ema > 0 else None
     alive = [not (st.history and st.history[-1].get("diverged")) for st in states]
-    tokens, labels = train
+    tokens, labels = train[0], train[1]
+    views = train[2] if len(train) > 2 else None  # (n, V, T, D) augmented views: one per image per epoch
     n = tokens.shape[0]
     steps = epoch_steps(n, base)
     if steps < 1:
@@ -362,6 +370,8 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, torch.Tens
         lrs = set_lrs(epoch, 0)
         orders = [torch.randperm(n, generator=torch.Generator().manual_seed(c.seed * 1_000_003 + epoch))
                   for c in configs]
+        picks = [view_choice(n, views.shape[1], c.seed, epoch).to(views.device) for c in configs] \
+            if views is not None else None
         torch.manual_seed(base.seed * 1_000_003 + epoch)  # dropout draws (a solo run: its own seed)
         for m in models:
             m.train()
@@ -371,7 +381,11 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, torch.Tens
             if step_index and base.schedule_step == "iteration":
                 set_lrs(epoch, step_index)
             idx = [o[i: i + base.batch_size] for o in orders]
-            xs = [tokens[j.to(tokens.device)].to(device, non_blocking=True) for j in idx]
+            if picks is None:
+                xs = [tokens[j.to(tokens.device)].to(device, non_blocking=True) for j in idx]
+            else:
+                xs = [views[j.to(views.device), pk[j.to(views.device)]].to(device, non_blocking=True)
+                      for j, pk in zip(idx, picks, strict=True)]
             ys = [labels[j.to(labels.device)].to(device, non_blocking=True) for j in idx]
             with autocast:
                 logits = grid_forward(models, xs) if group > 1 else [models[0](xs[0])]

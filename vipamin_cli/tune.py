@@ -82,16 +82,22 @@ class TuneOutcome:
     backbone: Any
 
 
-def _embeddings(inputs: TuneInputs, split: str | None, explicit: str | os.PathLike | None, what: str) -> Artifact:
-    from .embed import embed_data
+def _embeddings(inputs: TuneInputs, split: str | None, explicit: str | os.PathLike | None, what: str,
+                augmented: bool = True) -> Artifact:
+    """A split's embeddings: the given file, or embedded now (cached); ``augmented=False`` (validation)
+    embeds the centre crop only, whatever --augment says."""
+    from .embed import EmbedConfig, embed_data
 
     if explicit is not None:
         return load_artifact(explicit, "embeddings", what=what)
     if inputs.backbone is None or inputs.data is None:
         raise InputError(f"{what} needs --embeddings FILE, or --backbone and --data",
                          "pass --embeddings from `vipamin embed`, or --backbone B --data D")
+    config = inputs.embed_config or EmbedConfig()
+    if not augmented:
+        config = replace(config, augment="none", views=None)
     res = embed_data(inputs.backbone, inputs.data, weights=inputs.weights, split=split, shots=inputs.shots,
-                     config=inputs.embed_config, cache_dir=inputs.cache_dir)
+                     config=config, cache_dir=inputs.cache_dir)
     return load_artifact(res.path, "embeddings", what=what)
 
 
@@ -215,7 +221,7 @@ class _Stage:
     name: str
     points: list[GridPoint]
     prompts: list[torch.Tensor]  # per init index
-    train_xy: tuple[torch.Tensor, torch.Tensor]
+    train_xy: tuple[torch.Tensor, ...]  # tokens, labels (, augmented views)
     val_xy: tuple[torch.Tensor, torch.Tensor] | None
     done: list[dict[str, Any]]
     done_tensors: dict[str, torch.Tensor]
@@ -364,7 +370,7 @@ def check_tune_request(inputs: TuneInputs, base: TuneConfig, lrs: list[float], w
     for s in final_seeds or []:
         v.seed(s, "--seeds")
     if inputs.embed_config is not None:
-        inputs.embed_config.validate({"seed": "--data-seed"})
+        inputs.embed_config.validate({"seed": "--data-seed", "batch_size": "--embed-batch-size"})
     if inputs.shots is not None:
         v.integer(inputs.shots, "--shots", minimum=1, example=16)
     if precision not in PRECISIONS:
@@ -448,7 +454,7 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
         pt.config.validate()
     val = None
     if inputs.val_embeddings is not None or inputs.val is not None:
-        val = _embeddings(inputs, inputs.val, inputs.val_embeddings, "validation")
+        val = _embeddings(inputs, inputs.val, inputs.val_embeddings, "validation", augmented=False)
         check_compatible(train.meta, val.meta, "the training embeddings", "the validation embeddings")
         if val["labels"].numel() == 0:
             raise InputError("the validation split is empty", "pass a non-empty --val split")
@@ -473,8 +479,10 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
     grid = (identity["img_size"] // identity["patch"],) * 2
     num_classes = len(train.meta["data"]["class_names"])
 
-    def on_device(art: Artifact) -> tuple[torch.Tensor, torch.Tensor]:
-        return _device_tokens(art["tokens"], dev), art["labels"].to(dev if dev.type == "cuda" else "cpu")
+    def on_device(art: Artifact) -> tuple[torch.Tensor, ...]:
+        """Tokens and labels (and the augmented views, when cached) where training reads them."""
+        xy = (_device_tokens(art["tokens"], dev), art["labels"].to(dev if dev.type == "cuda" else "cpu"))
+        return xy + (_device_tokens(art["views.tokens"], dev),) if "views.tokens" in art.tensors else xy
 
     configs = [pt.config for pt in points]
     grid_batch = max(1, min(grid_batch or len(configs), len(configs)))
@@ -510,6 +518,8 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
                                   "val_split": val.meta["data"]["split"] if val else None},
                    "init": sources[0] if len(sources) == 1 else {"grid": sources}, "arch": base.arch, "pool": pool,
                    "grid": list(grid), "num_classes": num_classes,
+                   "augment": {"sweep": train.meta.get("augment"),
+                               "final": final.meta.get("augment") if final is not None else None},
                    "prompt_side_parameters": prompt_side_parameters(base, int(identity["width"]),
                                                                     int(identity["depth"]), grid,
                                                                     int(prompts[0].shape[-2])),

@@ -90,7 +90,7 @@ def init_prompts(config: InitConfig, embeddings: str | os.PathLike | None = None
     config.validate()
     get_method(config.method)
     if embed_config is not None:
-        embed_config.validate({"seed": "--data-seed"})
+        embed_config.validate({"seed": "--data-seed", "batch_size": "--embed-batch-size"})
     if shots is not None:
         v.integer(shots, "--shots", minimum=1, example=16)
     device = resolve_device(config.device)
