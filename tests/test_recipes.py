@@ -318,3 +318,15 @@ def test_new_options_have_help_with_example(cli) -> None:
     code, stdout, _ = cli("tune", "--help")
     assert code == 0 and "--recipe" in stdout and "--final-split" in stdout
     assert {f.name for f in fields(TuneConfig)} >= {"ema", "decay_groups", "head_weight_decay", "tie_break"}
+
+
+def test_spt_recipe_uses_the_mae_head_for_mae_backbones_only() -> None:
+    from vipamin_cli.recipes import for_backbone
+
+    p = plan("spt")
+    assert for_backbone(p, "mae").pool == "mean-all-norm" and for_backbone(p, "mae").head_weight_decay == 0.5
+    assert for_backbone(p, "moco-v3").pool is None and for_backbone(p, "moco-v3").head_weight_decay == 3.0
+    assert p.resolved["pool"]["value"] == {"mae": "mean-all-norm"} and "SPT" in p.resolved["pool"]["source"]
+    given = plan("spt", pool="cls")
+    assert for_backbone(given, "mae").pool == "cls" and given.resolved["pool"]["source"] == "option"
+    assert for_backbone(plan("vipamin"), "mae").pool is None

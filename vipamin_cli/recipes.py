@@ -45,6 +45,7 @@ class Recipe:
     init_grid: Value
     prompt_length: Value
     head_weight_decay_by_family: Value | None = None
+    pool_by_family: Value | None = None  # the head input per backbone family (SPT's MAE head)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def values(self) -> dict[str, Value]:
@@ -146,9 +147,11 @@ RECIPES: dict[str, Recipe] = {
         init_method=Value("spt", "METHODS.md §3"), init_grid=Value(({},), DEFAULT),
         prompt_length=Value(dict(PROMPTS), "METHODS.md §3 (P = 100 shallow, 20 deep)"),
         head_weight_decay_by_family=Value({"mae": 0.5, "default": 3.0}, SPT_HEAD_WD),
+        pool_by_family=Value({"mae": "mean-all-norm"}, M7S + ": SPT's MAE head is the mean over prompts and "
+                             "patches, then the pretrained final norm with its affine; other families: the "
+                             "backbone's own pooling"),
         notes=("the reference selects the best epoch on the test set (METHODS.md §3): vipamin selects the last "
-               "epoch on validation",
-               "SPT's MAE head (pretrained final norm with affine, METHODS.md §7) is a --pool choice, not set here")),
+               "epoch on validation",)),
     "vapt": Recipe(
         name="vapt",
         description="VAPT (Le et al., ICLR 2026): adaptive deep prompts, SGD over a 10 x 4 grid, five seeds",
@@ -186,6 +189,7 @@ class TunePlan:
     recipe: str | None
     resolved: dict[str, Any]  # every value with its source ("option" when given explicitly)
     head_weight_decay_by_family: dict[str, float] | None = None
+    pool_by_family: dict[str, str] | None = None
 
 
 def default_augment(recipe: str | None, augment: str | None) -> str:
@@ -246,6 +250,9 @@ def plan(recipe: str | None = None, *, lrs: list[float] | None = None, weight_de
                                      if r.head_weight_decay_by_family and "head_weight_decay" not in
                                      {k for k, v in resolved.items() if v["source"] == "option"} else None),
     )
+    if r.pool_by_family is not None and config.get("pool") is None:
+        out.pool_by_family = dict(r.pool_by_family.value)
+        resolved["pool"] = {"value": _plain(out.pool_by_family), "source": r.pool_by_family.source}
     if out.head_weight_decay_by_family:
         resolved["head_weight_decay"] = {"value": _plain(out.head_weight_decay_by_family),
                                          "source": r.head_weight_decay_by_family.source}
@@ -257,11 +264,15 @@ def plan(recipe: str | None = None, *, lrs: list[float] | None = None, weight_de
 
 
 def for_backbone(p: TunePlan, family: str) -> TuneConfig:
-    """The plan's base config with values that depend on the backbone family resolved (SPT's head wd)."""
-    if not p.head_weight_decay_by_family:
-        return p.base
-    table = p.head_weight_decay_by_family
-    return replace(p.base, head_weight_decay=table.get(family, table["default"]))
+    """The plan's base config with the values that depend on the backbone family resolved (SPT's head
+    weight decay, and its MAE head as the pool)."""
+    base = p.base
+    if p.head_weight_decay_by_family:
+        table = p.head_weight_decay_by_family
+        base = replace(base, head_weight_decay=table.get(family, table["default"]))
+    if p.pool_by_family and base.pool is None and family in p.pool_by_family:
+        base = replace(base, pool=p.pool_by_family[family])
+    return base
 
 
 def list_recipes() -> list[dict[str, Any]]:

@@ -447,8 +447,10 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
     inits = init_configs(inputs)
     train = _embeddings(inputs, inputs.split, inputs.embeddings, "tune")
     identity = train.meta["backbone"]
-    if recipe is not None and base.head_weight_decay is None:
-        base = replace(base, head_weight_decay=for_backbone(recipe, identity.get("family", "")).head_weight_decay)
+    if recipe is not None:  # values that depend on the backbone family (SPT's head weight decay and MAE head)
+        resolved = for_backbone(recipe, identity.get("family", ""))
+        hwd = base.head_weight_decay if base.head_weight_decay is not None else resolved.head_weight_decay
+        base = replace(base, head_weight_decay=hwd, pool=base.pool or resolved.pool)
     points = grid_points(base, lrs, weight_decays, seeds, len(inits))
     for pt in points:
         pt.config.validate()
