@@ -91,6 +91,10 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for few-shot draws an
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Embeddings cache (default $VIPAMIN_CACHE or "
                                                "the user cache dir).")]
 OptDataOpt = Annotated[str | None, typer.Option("--data", "-d", help="Data source (see `vipamin embed --help`).")]
+DeepStatsOpt = Annotated[str, typer.Option("--deep-stats", help="Calibration keys and mean inputs of blocks b >= 1: "
+                                           "prompt-free | reference (the VIPAMIN authors' pass with seeded random "
+                                           "deep prompts in every block, for deep VIPAMIN), e.g. --deep-stats "
+                                           "reference.")]
 DataSeedOpt = Annotated[int, typer.Option("--data-seed", help="Seed of the few-shot draw and calibration subset "
                                           "(embed's --seed).")]
 ImageColOpt = Annotated[str, typer.Option("--image-column", help="Image column of a hub dataset.")]
@@ -116,6 +120,7 @@ def embed(
     calib_size: Annotated[int, typer.Option("--calib-size", help="Images used for calibration statistics.")] = 256,
     sample_images: Annotated[int, typer.Option("--sample-images", help="Calibration images whose per-block tokens "
                                                "are kept for SPT prototypes.")] = 32,
+    deep_stats: DeepStatsOpt = "prompt-free",
     workers: Annotated[int | None, typer.Option("--workers", help="Image decoding workers (default: 0 on CPU, "
                                                 "up to 8 on CUDA).")] = None,
     cache_dir: CacheOpt = None,
@@ -132,7 +137,7 @@ def embed(
     from .embed import EmbedConfig, embed_data
 
     config = EmbedConfig(resize=resize, dtype=dtype, calib_size=calib_size, sample_images=sample_images, seed=seed,
-                         batch_size=batch_size, device=device, workers=workers)
+                         deep_stats=deep_stats, batch_size=batch_size, device=device, workers=workers)
     result = embed_data(backbone, data, weights=weights, split=split, shots=shots, config=config, out=out,
                         cache_dir=cache_dir, use_cache=not no_cache, image_column=image_column,
                         label_column=label_column)
@@ -154,6 +159,7 @@ def init(
     shots: ShotsOpt = None,
     data_seed: DataSeedOpt = 0,
     calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images when embedding.")] = 256,
+    deep_stats: DeepStatsOpt = "prompt-free",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Prompts file (default prompts-<method>"
                                              "[-deep].safetensors).")] = None,
     deep: Annotated[bool, typer.Option("--deep", help="One prompt set per block (deep VPT).")] = False,
@@ -199,7 +205,7 @@ def init(
                         orth_scale=orth_scale, orth_rcond=orth_rcond, orth_energy=orth_energy, orth_rank=orth_rank,
                         sample=sample, token_budget=token_budget,
                         kmeans_iters=kmeans_iters, kmeans_restarts=kmeans_restarts, device=device)
-    embed_config = EmbedConfig(seed=data_seed, calib_size=calib_size, device=device)
+    embed_config = EmbedConfig(seed=data_seed, calib_size=calib_size, deep_stats=deep_stats, device=device)
     outcome = init_prompts(config, embeddings=embeddings, backbone=backbone, data=data, weights=weights,
                            split=split, shots=shots, embed_config=embed_config, out=out, cache_dir=cache_dir)
     typer.echo(str(outcome.path))
@@ -371,6 +377,7 @@ def tune(
     head_init: Annotated[str | None, typer.Option("--head-init", help="kaiming (normal, fan_out) | zeros | "
                                                   "trunc-normal (std 0.02, SPT); bias 0.")] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images when embedding.")] = 256,
+    deep_stats: DeepStatsOpt = "prompt-free",
     val_every: Annotated[int, typer.Option("--val-every", help="Validate every N epochs.")] = 1,
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU) | "
                                            "bf16 | fp32.")] = "auto",
@@ -419,7 +426,8 @@ def tune(
     inputs = TuneInputs(embeddings=embeddings, backbone=backbone, data=data, weights=weights, split=split,
                         shots=shots, val=val, val_embeddings=val_embeddings, prompts=prompts,
                         init=InitConfig(method=tune_plan_.init_method, device=device),
-                        embed_config=EmbedConfig(seed=data_seed, calib_size=calib_size, device=device),
+                        embed_config=EmbedConfig(seed=data_seed, calib_size=calib_size, deep_stats=deep_stats,
+                                                 device=device),
                         cache_dir=cache_dir, final_split=final_split, final_embeddings=final_embeddings)
     outcome = tune_plan(inputs, tune_plan_, out, device=device, resume=resume, grid_batch=grid_batch,
                         precision=precision, compile_mode=compile_)

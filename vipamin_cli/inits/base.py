@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer
 
 
+DEFAULT_DEEP_PROMPTS = 20  # prompts per block of deep prompting (also the --deep-stats reference pass)
+
+
 @dataclass
 class InitConfig:
     """Every hyperparameter of every method; each method reads its own and all are recorded."""
@@ -62,7 +65,7 @@ class InitConfig:
     def num_prompts(self) -> int:
         if self.prompt_length is not None:
             return self.prompt_length
-        return 20 if self.deep else 100
+        return DEFAULT_DEEP_PROMPTS if self.deep else 100
 
 
 @dataclass
