@@ -91,6 +91,10 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for few-shot draws an
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Embeddings cache (default $VIPAMIN_CACHE or "
                                                "the user cache dir).")]
 OptDataOpt = Annotated[str | None, typer.Option("--data", "-d", help="Data source (see `vipamin embed --help`).")]
+SptWindowsOpt = Annotated[str, typer.Option("--spt-windows", help="SPT mean/max windows: ours (P-1 windows of "
+                                             "N div (P-1) tokens, then the rest) | reference (the official "
+                                             "remainder rule: the P-th window is the last N mod w tokens, or all "
+                                             "N when it divides), e.g. --spt-windows reference.")]
 DeepStatsOpt = Annotated[str, typer.Option("--deep-stats", help="Calibration keys and mean inputs of blocks b >= 1: "
                                            "prompt-free | reference (the VIPAMIN authors' pass with seeded random "
                                            "deep prompts in every block, for deep VIPAMIN), e.g. --deep-stats "
@@ -183,6 +187,7 @@ def init(
     orth_rank: Annotated[int | None, typer.Option("--orth-rank", help="VIPAMIN: force a truncated span basis "
                                                   "of this rank.")] = None,
     sample: Annotated[str, typer.Option("--sample", help="SPT: random | mean | max | kmeans.")] = "kmeans",
+    spt_windows: SptWindowsOpt = "ours",
     token_budget: Annotated[int, typer.Option("--token-budget", help="SPT k-means: tokens sampled at most.")]
     = 200_000,
     kmeans_iters: Annotated[int, typer.Option("--kmeans-iters", help="SPT k-means: Lloyd steps at most.")] = 100,
@@ -203,7 +208,7 @@ def init(
 
     config = InitConfig(method=method, prompt_length=prompt_length, deep=deep, seed=seed, k=k, lam=lam, orth=orth,
                         orth_scale=orth_scale, orth_rcond=orth_rcond, orth_energy=orth_energy, orth_rank=orth_rank,
-                        sample=sample, token_budget=token_budget,
+                        sample=sample, spt_windows=spt_windows, token_budget=token_budget,
                         kmeans_iters=kmeans_iters, kmeans_restarts=kmeans_restarts, device=device)
     embed_config = EmbedConfig(seed=data_seed, calib_size=calib_size, deep_stats=deep_stats, device=device)
     outcome = init_prompts(config, embeddings=embeddings, backbone=backbone, data=data, weights=weights,
@@ -313,6 +318,7 @@ def tune(
                                             "E.g. --lambda 0,0.5.")] = None,
     sample: Annotated[str | None, typer.Option("--sample", help="SPT init: random | mean | max | kmeans, or a comma "
                                                "list (default kmeans). E.g. --sample random,kmeans.")] = None,
+    spt_windows: SptWindowsOpt = "ours",
     prompt_length: Annotated[int | None, typer.Option("--prompt-length", "-p", help="Prompts (per block); default "
                                                       "100 vpt-shallow, 20 vpt-deep, 10 vapt.")] = None,
     arch: Annotated[str | None, typer.Option("--arch", help="vpt-shallow | vpt-deep | vapt (default: the recipe's, "
@@ -425,7 +431,7 @@ def tune(
         head_weight_decay=head_weight_decay, ema=ema, drop_last=drop_last, tie_break=tie_break)
     inputs = TuneInputs(embeddings=embeddings, backbone=backbone, data=data, weights=weights, split=split,
                         shots=shots, val=val, val_embeddings=val_embeddings, prompts=prompts,
-                        init=InitConfig(method=tune_plan_.init_method, device=device),
+                        init=InitConfig(method=tune_plan_.init_method, spt_windows=spt_windows, device=device),
                         embed_config=EmbedConfig(seed=data_seed, calib_size=calib_size, deep_stats=deep_stats,
                                                  device=device),
                         cache_dir=cache_dir, final_split=final_split, final_embeddings=final_embeddings)

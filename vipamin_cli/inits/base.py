@@ -38,6 +38,7 @@ class InitConfig:
     orth_rank: int | None = None  # force a truncated basis of this rank
     # SPT
     sample: str = "kmeans"  # random | mean | max | kmeans
+    spt_windows: str = "ours"  # ours | reference (the official code's remainder rule for mean/max windows)
     token_budget: int = 200_000
     kmeans_iters: int = 100
     kmeans_restarts: int = 1  # independent greedy k-means++ runs; the lowest inertia is kept
@@ -60,6 +61,11 @@ class InitConfig:
         v.integer(self.orth_rank, "--orth-rank", minimum=0, example=8, optional=True)
         v.integer(self.token_budget, "--token-budget", minimum=1, example=200_000)
         v.integer(self.kmeans_iters, "--kmeans-iters", minimum=1, example=100)
+        if self.spt_windows not in ("ours", "reference"):
+            from ..errors import InputError
+
+            raise InputError(f"unknown --spt-windows '{self.spt_windows}'",
+                             "use one of ours, reference (e.g. --spt-windows reference)")
 
     @property
     def num_prompts(self) -> int:
