@@ -419,3 +419,26 @@ def test_spt_reference_windows_remainder_and_refusals(embeddings, tmp_path, cli)
     # P = N + 1 = 17 is the largest the rule allows: w = 1, 16 single tokens plus the whole sequence
     res = _init(embeddings, tmp_path, method="spt", sample="mean", prompt_length=17, spt_windows="reference")
     assert res.meta["info"]["windows"][-1] == [0, 16] and len(res.meta["info"]["windows"]) == 17
+
+
+def test_calibration_and_init_run_in_float32_under_any_autocast(digits_dir, embeddings, tmp_path) -> None:
+    """A caller's bf16 autocast (tune --precision bf16) reaches neither the calibration pass nor the init;
+    both record precision float32."""
+    config = EmbedConfig(dtype="bfloat16", calib_size=12, sample_images=0, seed=2)
+    plain = load_artifact(embed_data("vit-tiny-test", str(digits_dir), split="val", config=config,
+                                     out=tmp_path / "a.safetensors", use_cache=False).path)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = load_artifact(embed_data("vit-tiny-test", str(digits_dir), split="val", config=config,
+                                         out=tmp_path / "b.safetensors", use_cache=False).path)
+    assert plain.meta["calibration"]["precision"] == "float32" == under.meta["calibration"]["precision"]
+    for name in ("calib.block_input_mean", "calib.key_mean", "calib.attn_out_mean"):
+        assert plain[name].dtype == torch.float32
+        torch.testing.assert_close(under[name], plain[name], rtol=0, atol=0)
+    outside = _init(embeddings, tmp_path, "o.safetensors", prompt_length=6, deep=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = _init(embeddings, tmp_path, "i.safetensors", prompt_length=6, deep=True)
+        assert torch.is_autocast_enabled("cpu")  # the caller's context is restored afterwards
+    torch.testing.assert_close(inside.tensors["prompts"], outside.tensors["prompts"], rtol=0, atol=0)
+    assert inside.meta["precision"] == "float32"
+    assert inside.meta["embeddings"]["calibration"]["precision"] == "float32"
+    assert torch.get_float32_matmul_precision() == "highest"

@@ -373,6 +373,7 @@ def test_tune_spt_windows_reaches_the_init_and_is_recorded(emb, tmp_path, cli) -
     assert code == 0, stderr
     init = load_artifact(out).meta["init"]
     assert init["method"] == "spt" and init["config"]["spt_windows"] == "reference"
+    assert init["precision"] == "float32"  # the init ran without autocast (recorded with its source)
     prompts = load_artifact(init["file"])
     assert prompts.meta["info"]["windows"][-1] == [0, 16]  # 16 mod (16 div 4) = 0: the whole sequence
     code, _, stderr = cli("tune", "--embeddings", emb["train"], "--val-embeddings", emb["val"], "--init", "spt",

@@ -119,7 +119,9 @@ def embed(
                                         "centre crop 224). auto = fgvc for FGVC json folders, else vtab.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward batch.")] = 64,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype of cached tokens: bfloat16 | float32.")]
+    dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype of cached tokens: bfloat16 | float32 "
+                                        "(recommended for init-only embeddings; the statistics are float32 "
+                                        "anyway), e.g. --dtype float32.")]
     = "bfloat16",
     calib_size: Annotated[int, typer.Option("--calib-size", help="Images used for calibration statistics.")] = 256,
     sample_images: Annotated[int, typer.Option("--sample-images", help="Calibration images whose per-block tokens "

@@ -92,6 +92,28 @@ def resolve_device(device: str) -> torch.device:
     raise InputError(f"unknown --device '{device}'", "use auto, cpu or cuda")
 
 
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """Plain float32 inside, whatever the caller set: no autocast (CPU or CUDA), no TF32 matmuls or
+    convolutions. The calibration statistics and the inits depend on small differences (cosine
+    rankings, pseudo-inverses), which bf16 or TF32 rounding would change."""
+    import torch
+
+    matmul = torch.get_float32_matmul_precision()
+    cudnn_tf32 = torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.autocast("cpu", enabled=False))
+            if torch.cuda.is_available():
+                stack.enter_context(torch.autocast("cuda", enabled=False))
+            yield
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+
+
 def block0_tokens(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The input of block 0: patch embedding, prefix tokens + position embedding, ``norm_pre``."""
     x = model.patch_embed(images)
@@ -232,7 +254,7 @@ def embeddings_key(backbone: Backbone, data_fingerprint: str, preprocessing: dic
         "backbone": [backbone.spec.name, backbone.fingerprint, backbone.img_size],
         "data": data_fingerprint, "preprocessing": preprocessing,
         "dtype": config.dtype, "calib_size": config.calib_size, "sample_images": config.sample_images,
-        "seed": config.seed,
+        "seed": config.seed, "calib_precision": CALIB_PRECISION,
         **({"deep_stats": config.deep_stats, "deep_stats_prompts": _deep_prompt_count()}
            if config.deep_stats != "prompt-free" else {}),  # the default keeps earlier cache keys
     })
@@ -275,9 +297,9 @@ def compute_embeddings(backbone: Backbone, image_set: ImageSet, config: EmbedCon
                                                                     int(model.patch_embed.patch_size[0])))
     tokens = None
     labels = torch.empty(n, dtype=torch.long)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
-    with torch.inference_mode(), autocast, progress_bar(f"embed {image_set.split}", n, show_progress) as bar:
+    # Everything runs in float32 (CALIB_PRECISION), on CUDA too: the patch embedding is cheap, and the
+    # calibration statistics feed the inits; --dtype only sets how the tokens are stored.
+    with torch.inference_mode(), full_float32(), progress_bar(f"embed {image_set.split}", n, show_progress) as bar:
         for images, batch_labels, index in _batches(loader):
             images = images.to(device, non_blocking=True)
             x = block0_tokens(model, images)
@@ -341,7 +363,7 @@ def embed_dataset(backbone: Backbone, image_set: ImageSet, config: EmbedConfig |
             "samples": [s.key for s in image_set.samples],
             "calibration": {"size": int(tensors["calib.index"].numel()),
                             "sample_images": int(tensors["calib.sample_index"].numel()), "seed": config.seed,
-                            "deep_stats": config.deep_stats,
+                            "deep_stats": config.deep_stats, "precision": CALIB_PRECISION,
                             "deep_stats_prompts": _deep_prompt_count() if config.deep_stats == "reference" else 0},
             "config": {k: v for k, v in asdict(config).items() if k not in ("device", "workers", "batch_size")},
             "tokens_dtype": config.dtype,
