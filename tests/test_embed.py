@@ -139,3 +139,58 @@ def test_few_shot_embeddings_record_shots_and_seed(digits_dir) -> None:
     assert art["tokens"].shape[0] == 20
     assert sorted(art["labels"].tolist()) == sorted(list(range(10)) * 2)
     assert art.meta["data"]["shots"] == 2 and art.meta["data"]["seed"] == 5
+
+
+def test_deep_stats_reference_match_a_prompted_pass_by_hand(digits_dir, tmp_path) -> None:
+    """--deep-stats reference: keys and Xbar from a pass carrying seeded U[-v, v] deep prompts (VPT's
+    bound, P = 20, drawn as one (L, P, D) tensor from embed's seed); O and the SPT sample stay prompt-free."""
+    seed, prompts_per_block = 4, 20
+    config = EmbedConfig(dtype="float32", calib_size=24, sample_images=3, seed=seed, deep_stats="reference")
+    art = load_artifact(embed_data("vit-tiny-test", str(digits_dir), split="val", config=config,
+                                   out=tmp_path / "ref.safetensors").path, "embeddings")
+    plain = load_artifact(embed_data("vit-tiny-test", str(digits_dir), split="val",
+                                     config=EmbedConfig(dtype="float32", calib_size=24, sample_images=3,
+                                                        seed=seed)).path, "embeddings")
+    assert art.meta["calibration"]["deep_stats"] == "reference"
+    assert art.meta["calibration"]["deep_stats_prompts"] == prompts_per_block
+    assert art.meta["config"]["deep_stats"] == "reference"
+    assert plain.meta["calibration"]["deep_stats"] == "prompt-free"
+    assert art.meta["cache_key"] != plain.meta["cache_key"]
+
+    backbone = load_backbone("vit-tiny-test")
+    model = backbone.model
+    depth, dim, prefix = len(model.blocks), int(model.embed_dim), backbone.num_prefix_tokens
+    bound = math.sqrt(6.0 / (3 * backbone.spec.patch**2 + dim))
+    prompts = torch.empty(depth, prompts_per_block, dim).uniform_(-bound, bound,
+                                                                  generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(art["calib.deep_stats_prompts"], prompts)
+    x0 = art["tokens"][art["calib.index"]].float()
+    x, free = x0, x0
+    with torch.no_grad():
+        for b, blk in enumerate(model.blocks):
+            z = torch.cat([x[:, :prefix], prompts[b].expand(len(x), -1, -1), x[:, prefix:]], dim=1)
+            keys, _, y = _manual_block(blk, z)
+            keys = torch.cat([keys[:, :prefix], keys[:, prefix + prompts_per_block:]], dim=1)
+            torch.testing.assert_close(art["calib.block_input_mean"][b], x.mean(0), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(art["calib.key_mean"][b], keys.mean(0), rtol=1e-4, atol=1e-5)
+            _, attn_free, y_free = _manual_block(blk, free)
+            torch.testing.assert_close(art["calib.attn_out_mean"][b], attn_free.mean(0), rtol=1e-4, atol=1e-5)
+            x = torch.cat([y[:, :prefix], y[:, prefix + prompts_per_block:]], dim=1)
+            free = y_free
+        # the prompts change the statistics of every block after the first, not of block 0
+        torch.testing.assert_close(art["calib.key_mean"][0], plain["calib.key_mean"][0])
+        assert not torch.allclose(art["calib.key_mean"][1], plain["calib.key_mean"][1], atol=1e-4)
+    torch.testing.assert_close(art["calib.token_sample"], plain["calib.token_sample"])
+    torch.testing.assert_close(art["calib.attn_out_mean"], plain["calib.attn_out_mean"])
+
+
+def test_deep_stats_bad_value_is_one_line(digits_dir, cli, tmp_path) -> None:
+    code, _, err = cli("embed", "--backbone", "vit-tiny-test", "--data", digits_dir, "--split", "val",
+                       "--deep-stats", "prompted", "--out", tmp_path / "e.safetensors")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "--deep-stats 'prompted'" in lines[0] and "reference" in lines[0], err
+    assert not (tmp_path / "e.safetensors").exists()
+    code, _, err = cli("init", "--backbone", "vit-tiny-test", "--data", digits_dir, "--split", "val", "--deep",
+                       "--deep-stats", "x", "--out", tmp_path / "p.safetensors")
+    assert code == 2 and "--deep-stats 'x'" in err and len(err.strip().splitlines()) == 1, err

@@ -372,3 +372,73 @@ def test_init_runs_embed_when_nothing_is_cached(cli, digits_dir, tmp_path) -> No
 
     summary = json.loads(stdout)
     assert summary["match_spread"]["positions"] == 16 and summary["orth_in_span"] < 1e-6
+
+
+def _official_windows(n: int, p: int) -> list[tuple[int, int]]:
+    """SPT's official remainder rule, written out: w = N div (P-1); P-1 windows of w tokens, then the
+    last N mod w tokens, or the whole sequence when N mod w = 0."""
+    w = n // (p - 1)
+    out = [(i * w, i * w + w) for i in range(p - 1)]
+    return out + [(n - n % w, n) if n % w else (0, n)]
+
+
+@pytest.mark.parametrize(("how", "length"), [("mean", 7), ("max", 5), ("mean", 11)])
+def test_spt_reference_windows_match_the_official_rule(embeddings, tmp_path, how, length) -> None:
+    res = _init(embeddings, tmp_path, method="spt", sample=how, prompt_length=length, spt_windows="reference")
+    tokens = load_artifact(embeddings)["tokens"][:, 1:].float()
+    windows = _official_windows(16, length)
+    # P = 7: w = 2, six windows cover 0..12, 16 mod 2 = 0 -> the 7th is all 16 tokens (ours: 12..16);
+    # P = 5: w = 4, 16 mod 4 = 0 -> all 16 (ours has only 4 windows); P = 11: w = 1, all 16 again.
+    assert windows[-1] == (0, 16) and len(windows) == length
+    assert res.meta["info"]["windows"] == [list(w) for w in windows]
+    assert res.meta["info"]["windows_rule"] == "reference" and res.meta["config"]["spt_windows"] == "reference"
+    assert res.meta["info"]["candidates"] == tokens.shape[0] * length
+    for prompt, (img, win) in zip(res.tensors["prompts"], res.tensors["spt.candidate_index"].tolist(), strict=True):
+        lo, hi = windows[win]
+        chunk = tokens[img, lo:hi]
+        torch.testing.assert_close(prompt, chunk.mean(0) if how == "mean" else chunk.max(0).values,
+                                   rtol=1e-6, atol=1e-6)
+    ours = _init(embeddings, tmp_path, "o.safetensors", method="spt", sample=how, prompt_length=length)
+    assert ours.meta["info"]["windows"] != res.meta["info"]["windows"]
+    assert ours.meta["config"]["spt_windows"] == "ours"
+
+
+def test_spt_reference_windows_remainder_and_refusals(embeddings, tmp_path, cli) -> None:
+    from vipamin_cli.inits.spt import reference_window_bounds
+
+    assert reference_window_bounds(11, 5) == [(0, 2), (2, 4), (4, 6), (6, 8), (10, 11)]  # 8, 9 in no window
+    assert reference_window_bounds(196, 10)[-1] == (189, 196) == _official_windows(196, 10)[-1]
+    for args, needle in [(["--sample", "mean", "--spt-windows", "official"], "unknown --spt-windows 'official'"),
+                         (["--sample", "max", "--spt-windows", "reference", "-p", "18"],
+                          "--spt-windows reference needs 2 <= P <= N + 1 (P = 18 prompts, N = 16"),
+                         (["--sample", "mean", "--spt-windows", "reference", "-p", "1"], "needs 2 <= P")]:
+        code, _, stderr = cli("init", "--embeddings", embeddings, "--method", "spt", *args,
+                              "--out", tmp_path / "bad.safetensors")
+        assert code == 2 and stderr.count("\n") == 1 and needle in stderr, (args, stderr)
+        assert not (tmp_path / "bad.safetensors").exists()
+    # P = N + 1 = 17 is the largest the rule allows: w = 1, 16 single tokens plus the whole sequence
+    res = _init(embeddings, tmp_path, method="spt", sample="mean", prompt_length=17, spt_windows="reference")
+    assert res.meta["info"]["windows"][-1] == [0, 16] and len(res.meta["info"]["windows"]) == 17
+
+
+def test_calibration_and_init_run_in_float32_under_any_autocast(digits_dir, embeddings, tmp_path) -> None:
+    """A caller's bf16 autocast (tune --precision bf16) reaches neither the calibration pass nor the init;
+    both record precision float32."""
+    config = EmbedConfig(dtype="bfloat16", calib_size=12, sample_images=0, seed=2)
+    plain = load_artifact(embed_data("vit-tiny-test", str(digits_dir), split="val", config=config,
+                                     out=tmp_path / "a.safetensors", use_cache=False).path)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = load_artifact(embed_data("vit-tiny-test", str(digits_dir), split="val", config=config,
+                                         out=tmp_path / "b.safetensors", use_cache=False).path)
+    assert plain.meta["calibration"]["precision"] == "float32" == under.meta["calibration"]["precision"]
+    for name in ("calib.block_input_mean", "calib.key_mean", "calib.attn_out_mean"):
+        assert plain[name].dtype == torch.float32
+        torch.testing.assert_close(under[name], plain[name], rtol=0, atol=0)
+    outside = _init(embeddings, tmp_path, "o.safetensors", prompt_length=6, deep=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = _init(embeddings, tmp_path, "i.safetensors", prompt_length=6, deep=True)
+        assert torch.is_autocast_enabled("cpu")  # the caller's context is restored afterwards
+    torch.testing.assert_close(inside.tensors["prompts"], outside.tensors["prompts"], rtol=0, atol=0)
+    assert inside.meta["precision"] == "float32"
+    assert inside.meta["embeddings"]["calibration"]["precision"] == "float32"
+    assert torch.get_float32_matmul_precision() == "highest"

@@ -363,3 +363,21 @@ def test_vapt_conv_dropout_option_and_bad_values(emb, tmp_path, cli) -> None:
     ok = _tune(emb, tmp_path / "ok.safetensors", arch="vapt", epochs=1, warmup_epochs=0)
     meta = load_artifact(ok.checkpoint).meta
     assert meta["prompt_side_parameters"] == vapt_parameter_count(64, 4, 4, 5)  # _tune: P = 5
+
+
+def test_tune_spt_windows_reaches_the_init_and_is_recorded(emb, tmp_path, cli) -> None:
+    out = tmp_path / "w.safetensors"
+    code, _, stderr = cli("tune", "--embeddings", emb["train"], "--val-embeddings", emb["val"], "--init", "spt",
+                          "--sample", "mean", "--spt-windows", "reference", "-p", "5", "--epochs", "1",
+                          "--warmup-epochs", "0", "--lr", "0.1", "--device", "cpu", "--compile", "off", "--out", out)
+    assert code == 0, stderr
+    init = load_artifact(out).meta["init"]
+    assert init["method"] == "spt" and init["config"]["spt_windows"] == "reference"
+    assert init["precision"] == "float32"  # the init ran without autocast (recorded with its source)
+    prompts = load_artifact(init["file"])
+    assert prompts.meta["info"]["windows"][-1] == [0, 16]  # 16 mod (16 div 4) = 0: the whole sequence
+    code, _, stderr = cli("tune", "--embeddings", emb["train"], "--val-embeddings", emb["val"], "--init", "spt",
+                          "--spt-windows", "nope", "--epochs", "1", "--warmup-epochs", "0", "--out",
+                          tmp_path / "bad.safetensors")
+    assert code == 2 and stderr.count("\n") == 1 and "unknown --spt-windows 'nope'" in stderr, stderr
+    assert not (tmp_path / "bad.safetensors").exists()

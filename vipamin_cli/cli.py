@@ -120,18 +120,27 @@ ViewsOpt = Annotated[int | None, typer.Option("--views", rich_help_panel=EMBED_P
                                               "tokens). E.g. --views 8.")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", rich_help_panel=EMBED_PANEL, help="Image decoding "
                                                 "workers (default: 0 on CPU, up to 8 on CUDA). E.g. --workers 4.")]
+DeepStatsOpt = Annotated[str, typer.Option("--deep-stats", rich_help_panel=EMBED_PANEL, help="Calibration keys "
+                                           "and mean inputs of blocks b >= 1: prompt-free | reference (the VIPAMIN "
+                                           "authors' pass with seeded random deep prompts in every block, for deep "
+                                           "VIPAMIN), e.g. --deep-stats reference.")]
+SptWindowsOpt = Annotated[str, typer.Option("--spt-windows", help="SPT mean/max windows: ours (P-1 windows of "
+                                            "N div (P-1) tokens, then the rest) | reference (the official "
+                                            "remainder rule: the P-th window is the last N mod w tokens, or all "
+                                            "N when it divides), e.g. --spt-windows reference.")]
 EmbedBatchOpt = Annotated[int, typer.Option("--embed-batch-size", rich_help_panel=EMBED_PANEL, help="Images per "
                                             "forward batch when embedding. E.g. --embed-batch-size 64.")]
 
 
 def _embed_config(seed: int, resize: str, dtype: str, calib_size: int, sample_images: int, augment: str | None,
-                  views: int | None, workers: int | None, batch_size: int, device: str) -> Any:
+                  views: int | None, workers: int | None, batch_size: int, device: str,
+                  deep_stats: str = "prompt-free") -> Any:
     """The EmbedConfig of the shared embedding options (augment None = none)."""
     from .embed import EmbedConfig
 
     return EmbedConfig(resize=resize, dtype=dtype, calib_size=calib_size, sample_images=sample_images, seed=seed,
                        batch_size=batch_size, device=device, workers=workers, augment=augment or "none",
-                       views=views)
+                       views=views, deep_stats=deep_stats)
 
 
 @app.command(epilog="Example: vipamin embed --backbone mae-vit-b --data ./flowers --split train")
@@ -152,6 +161,7 @@ def embed(
     sample_images: SampleImagesOpt = 32,
     augment: AugmentOpt = None,
     views: ViewsOpt = None,
+    deep_stats: DeepStatsOpt = "prompt-free",
     workers: WorkersOpt = None,
     cache_dir: CacheOpt = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache (needs --out).")]
@@ -167,7 +177,7 @@ def embed(
     from .embed import embed_data
 
     config = _embed_config(seed, resize, dtype, calib_size, sample_images, augment, views, workers, batch_size,
-                           device)
+                           device, deep_stats)
     result = embed_data(backbone, data, weights=weights, split=split, shots=shots, config=config, out=out,
                         cache_dir=cache_dir, use_cache=not no_cache, image_column=image_column,
                         label_column=label_column)
@@ -194,6 +204,7 @@ def init(
     sample_images: SampleImagesOpt = 32,
     augment: AugmentOpt = None,
     views: ViewsOpt = None,
+    deep_stats: DeepStatsOpt = "prompt-free",
     workers: WorkersOpt = None,
     embed_batch_size: EmbedBatchOpt = 64,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Prompts file (default prompts-<method>"
@@ -219,6 +230,7 @@ def init(
     orth_rank: Annotated[int | None, typer.Option("--orth-rank", help="VIPAMIN: force a truncated span basis "
                                                   "of this rank.")] = None,
     sample: Annotated[str, typer.Option("--sample", help="SPT: random | mean | max | kmeans.")] = "kmeans",
+    spt_windows: SptWindowsOpt = "ours",
     token_budget: Annotated[int, typer.Option("--token-budget", help="SPT k-means: tokens sampled at most.")]
     = 200_000,
     kmeans_iters: Annotated[int, typer.Option("--kmeans-iters", help="SPT k-means: Lloyd steps at most.")] = 100,
@@ -238,10 +250,10 @@ def init(
 
     config = InitConfig(method=method, prompt_length=prompt_length, deep=deep, seed=seed, k=k, lam=lam, orth=orth,
                         orth_scale=orth_scale, orth_rcond=orth_rcond, orth_energy=orth_energy, orth_rank=orth_rank,
-                        sample=sample, token_budget=token_budget,
+                        sample=sample, spt_windows=spt_windows, token_budget=token_budget,
                         kmeans_iters=kmeans_iters, kmeans_restarts=kmeans_restarts, device=device)
     embed_config = _embed_config(data_seed, resize, dtype, calib_size, sample_images, augment, views, workers,
-                                 embed_batch_size, device)
+                                 embed_batch_size, device, deep_stats)
     outcome = init_prompts(config, embeddings=embeddings, backbone=backbone, data=data, weights=weights,
                            split=split, shots=shots, embed_config=embed_config, out=out, cache_dir=cache_dir)
     typer.echo(str(outcome.path))
@@ -349,6 +361,7 @@ def tune(
                                             "E.g. --lambda 0,0.5.")] = None,
     sample: Annotated[str | None, typer.Option("--sample", help="SPT init: random | mean | max | kmeans, or a comma "
                                                "list (default kmeans). E.g. --sample random,kmeans.")] = None,
+    spt_windows: SptWindowsOpt = "ours",
     prompt_length: Annotated[int | None, typer.Option("--prompt-length", "-p", help="Prompts (per block); default "
                                                       "100 vpt-shallow, 20 vpt-deep, 10 vapt.")] = None,
     arch: Annotated[str | None, typer.Option("--arch", help="vpt-shallow | vpt-deep | vapt (default: the recipe's, "
@@ -418,6 +431,7 @@ def tune(
     sample_images: SampleImagesOpt = 32,
     augment: AugmentOpt = None,
     views: ViewsOpt = None,
+    deep_stats: DeepStatsOpt = "prompt-free",
     workers: WorkersOpt = None,
     embed_batch_size: EmbedBatchOpt = 64,
     val_every: Annotated[int, typer.Option("--val-every", help="Validate every N epochs.")] = 1,
@@ -467,10 +481,10 @@ def tune(
         head_weight_decay=head_weight_decay, ema=ema, drop_last=drop_last, tie_break=tie_break)
     inputs = TuneInputs(embeddings=embeddings, backbone=backbone, data=data, weights=weights, split=split,
                         shots=shots, val=val, val_embeddings=val_embeddings, prompts=prompts,
-                        init=InitConfig(method=tune_plan_.init_method, device=device),
+                        init=InitConfig(method=tune_plan_.init_method, spt_windows=spt_windows, device=device),
                         embed_config=_embed_config(data_seed, resize, dtype, calib_size, sample_images,
                                                    default_augment(recipe, augment), views, workers,
-                                                   embed_batch_size, device),
+                                                   embed_batch_size, device, deep_stats),
                         cache_dir=cache_dir, final_split=final_split, final_embeddings=final_embeddings)
     outcome = tune_plan(inputs, tune_plan_, out, device=device, resume=resume, grid_batch=grid_batch,
                         precision=precision, compile_mode=compile_)
@@ -587,6 +601,7 @@ def eval_(
     sample_images: SampleImagesOpt = 32,
     augment: AugmentOpt = None,
     views: ViewsOpt = None,
+    deep_stats: DeepStatsOpt = "prompt-free",
     workers: WorkersOpt = None,
     embed_batch_size: EmbedBatchOpt = 64,
 ) -> None:
@@ -605,7 +620,7 @@ def eval_(
             output_path(path, option, inputs)
     result = evaluate(checkpoint, embeddings=embeddings, backbone=backbone, data=data, weights=weights, split=split,
                       embed_config=_embed_config(data_seed, resize, dtype, calib_size, sample_images, augment,
-                                                 views, workers, embed_batch_size, device),
+                                                 views, workers, embed_batch_size, device, deep_stats),
                       cache_dir=cache_dir, device=device)
     text = json.dumps(result, indent=2)
     if out is not None:

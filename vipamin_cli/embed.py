@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from .data import ImageSet
 
 DTYPES = ("bfloat16", "float32")
+DEEP_STATS = ("prompt-free", "reference")
+# The calibration statistics (and every init) are computed in full float32 whatever --dtype says:
+# the init's pseudo-inverses and cosine rankings are sensitive to bf16 rounding of the statistics.
+CALIB_PRECISION = "float32"
 
 
 @dataclass
@@ -41,6 +45,7 @@ class EmbedConfig:
     calib_size: int = 256
     sample_images: int = 32
     seed: int = 0
+    deep_stats: str = "prompt-free"  # reference: keys and Xbar of blocks b >= 1 with random deep prompts inserted
     batch_size: int = 64
     device: str = "auto"
     workers: int | None = None
@@ -61,6 +66,9 @@ class EmbedConfig:
 
         if self.dtype not in DTYPES:
             raise InputError(f"unknown --dtype '{self.dtype}'", f"use one of {', '.join(DTYPES)}")
+        if self.deep_stats not in DEEP_STATS:
+            raise InputError(f"unknown --deep-stats '{self.deep_stats}'",
+                             f"use one of {', '.join(DEEP_STATS)} (e.g. --deep-stats reference)")
         v.integer(self.calib_size, names.get("calib_size", "--calib-size"), minimum=1, example=256)
         v.integer(self.batch_size, names.get("batch_size", "--batch-size"), minimum=1, example=64)
         v.integer(self.sample_images, "--sample-images", minimum=0, example=32)
@@ -100,6 +108,28 @@ def resolve_device(device: str) -> torch.device:
     raise InputError(f"unknown --device '{device}'", "use auto, cpu or cuda")
 
 
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """Plain float32 inside, whatever the caller set: no autocast (CPU or CUDA), no TF32 matmuls or
+    convolutions. The calibration statistics and the inits depend on small differences (cosine
+    rankings, pseudo-inverses), which bf16 or TF32 rounding would change."""
+    import torch
+
+    matmul = torch.get_float32_matmul_precision()
+    cudnn_tf32 = torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.autocast("cpu", enabled=False))
+            if torch.cuda.is_available():
+                stack.enter_context(torch.autocast("cuda", enabled=False))
+            yield
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+
+
 def block0_tokens(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The input of block 0: patch embedding, prefix tokens + position embedding, ``norm_pre``."""
     x = model.patch_embed(images)
@@ -109,13 +139,22 @@ def block0_tokens(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 class CalibrationRecorder:
-    """Runs the blocks on calibration images and accumulates per-block statistics in float32."""
+    """Runs the blocks on calibration images and accumulates per-block statistics in float32.
 
-    def __init__(self, model: torch.nn.Module, sample_dtype: torch.dtype) -> None:
+    With ``deep_prompts`` (L, P, D) (``--deep-stats reference``), the block inputs and keys are
+    recorded in a second pass that inserts ``deep_prompts[b]`` after the prefix tokens of block b
+    (dropping block b-1's prompt outputs, as deep VPT does) and averages over the non-prompt rows,
+    as the VIPAMIN authors compute them; the attention output and the SPT token sample still come
+    from the prompt-free pass.
+    """
+
+    def __init__(self, model: torch.nn.Module, sample_dtype: torch.dtype,
+                 deep_prompts: torch.Tensor | None = None) -> None:
         self.model = model
         self.blocks = list(model.blocks)
         self.prefix = int(model.num_prefix_tokens)
         self.sample_dtype = sample_dtype
+        self.deep_prompts = deep_prompts
         depth = len(self.blocks)
         self.count = 0
         self.input_sum: list[torch.Tensor | None] = [None] * depth
@@ -133,35 +172,61 @@ class CalibrationRecorder:
         value = value.float().sum(0)
         acc[b] = value if acc[b] is None else acc[b] + value
 
+    def _without_prompts(self, rows: torch.Tensor, num_prompts: int) -> torch.Tensor:
+        """Drop the ``num_prompts`` rows that follow the prefix tokens (B, T + P, ...) -> (B, T, ...)."""
+        import torch
+
+        if num_prompts == 0:
+            return rows
+        return torch.cat([rows[:, : self.prefix], rows[:, self.prefix + num_prompts:]], dim=1)
+
     def run(self, x: torch.Tensor, sample_mask: torch.Tensor) -> None:
         """Forward calibration tokens ``x`` (B, T, D) through every block, recording statistics."""
+        prompted = self.deep_prompts is not None
+        self._pass(x, sample_mask, keys_and_inputs=not prompted, attn_and_samples=True)
+        if prompted:
+            self._pass(x, sample_mask, keys_and_inputs=True, attn_and_samples=False, prompts=self.deep_prompts)
+        self.count += x.shape[0]
+
+    def _pass(self, x: torch.Tensor, sample_mask: torch.Tensor, keys_and_inputs: bool, attn_and_samples: bool,
+              prompts: torch.Tensor | None = None) -> None:
+        import torch
+
         hooks = []
         current = {"b": 0}
+        num_prompts = 0 if prompts is None else int(prompts.shape[1])
 
         def on_qkv(module: torch.nn.Module, args: Any, out: torch.Tensor) -> None:
             blk = self.blocks[current["b"]]
             bsz, tokens, _ = out.shape
             qkv = out.reshape(bsz, tokens, 3, blk.attn.num_heads, blk.attn.head_dim)
-            keys = blk.attn.k_norm(qkv[:, :, 1])  # (B, T, H, dh)
-            self._add(self.key_sum, current["b"], keys.float().mean(2))
+            keys = blk.attn.k_norm(qkv[:, :, 1])  # (B, T [+ P], H, dh)
+            self._add(self.key_sum, current["b"], self._without_prompts(keys.float().mean(2), num_prompts))
 
         def on_proj(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             self._add(self.attn_sum, current["b"], args[0])
 
         for blk in self.blocks:
-            hooks.append(blk.attn.qkv.register_forward_hook(on_qkv))
-            hooks.append(blk.attn.proj.register_forward_pre_hook(on_proj))
+            if keys_and_inputs:
+                hooks.append(blk.attn.qkv.register_forward_hook(on_qkv))
+            if attn_and_samples:
+                hooks.append(blk.attn.proj.register_forward_pre_hook(on_proj))
         try:
             for b, blk in enumerate(self.blocks):
                 current["b"] = b
-                self._add(self.input_sum, b, x)
-                if bool(sample_mask.any()):
+                if keys_and_inputs:
+                    self._add(self.input_sum, b, x)
+                if attn_and_samples and bool(sample_mask.any()):
                     self.samples[b].append(x[sample_mask, self.prefix:].to("cpu", self.sample_dtype))
-                x = blk(x)
+                if prompts is None:
+                    x = blk(x)
+                else:
+                    p = prompts[b].to(x.device, x.dtype).expand(x.shape[0], -1, -1)
+                    y = blk(torch.cat([x[:, : self.prefix], p, x[:, self.prefix:]], dim=1))
+                    x = self._without_prompts(y, num_prompts)
         finally:
             for h in hooks:
                 h.remove()
-        self.count += x.shape[0]
 
     def tensors(self) -> dict[str, torch.Tensor]:
         import torch
@@ -176,7 +241,26 @@ class CalibrationRecorder:
         }
         if self.samples[0]:
             out["calib.token_sample"] = torch.stack([torch.cat(s) for s in self.samples])
+        if self.deep_prompts is not None:
+            out["calib.deep_stats_prompts"] = self.deep_prompts.detach().float().cpu()
         return out
+
+
+def deep_stats_prompts(config: EmbedConfig, depth: int, dim: int, patch: int) -> torch.Tensor | None:
+    """The random deep prompts (L, P, D) of the ``--deep-stats reference`` pass, or None.
+
+    VPT's uniform init (bound sqrt(6 / (3 p^2 + D))), P = the deep prompt count default, drawn
+    in one call from a generator seeded with embed's ``--seed``, so the statistics are reproducible.
+    """
+    import torch
+
+    from .inits.base import DEFAULT_DEEP_PROMPTS, vpt_bound
+
+    if config.deep_stats != "reference":
+        return None
+    bound = vpt_bound(patch, dim)
+    gen = torch.Generator().manual_seed(config.seed)
+    return torch.empty(depth, DEFAULT_DEEP_PROMPTS, dim, dtype=torch.float32).uniform_(-bound, bound, generator=gen)
 
 
 def embeddings_key(backbone: Backbone, data_fingerprint: str, preprocessing: dict[str, Any],
@@ -187,11 +271,19 @@ def embeddings_key(backbone: Backbone, data_fingerprint: str, preprocessing: dic
         "backbone": [backbone.spec.name, backbone.fingerprint, backbone.img_size],
         "data": data_fingerprint, "preprocessing": preprocessing,
         "dtype": config.dtype, "calib_size": config.calib_size, "sample_images": config.sample_images,
-        "seed": config.seed,
+        "seed": config.seed, "calib_precision": CALIB_PRECISION,
+        **({"deep_stats": config.deep_stats, "deep_stats_prompts": _deep_prompt_count()}
+           if config.deep_stats != "prompt-free" else {}),  # the default adds nothing here
     }
     if augment is not None:
         fields["augment"] = augment
     return content_key(fields)
+
+
+def _deep_prompt_count() -> int:
+    from .inits.base import DEFAULT_DEEP_PROMPTS
+
+    return DEFAULT_DEEP_PROMPTS
 
 
 def compute_embeddings(backbone: Backbone, image_set: ImageSet, config: EmbedConfig, preprocessing: dict[str, Any],
@@ -222,12 +314,13 @@ def compute_embeddings(backbone: Backbone, image_set: ImageSet, config: EmbedCon
     loader = DataLoader(TorchImages(image_set, transform), batch_size=config.batch_size, shuffle=False,
                         num_workers=workers, pin_memory=device.type == "cuda")
     model = backbone.model.to(device)
-    recorder = CalibrationRecorder(model, dtype)
+    recorder = CalibrationRecorder(model, dtype, deep_stats_prompts(config, len(model.blocks), int(model.embed_dim),
+                                                                    int(model.patch_embed.patch_size[0])))
     tokens = None
     labels = torch.empty(n, dtype=torch.long)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
-    with torch.inference_mode(), autocast, progress_bar(f"embed {image_set.split}", n, show_progress) as bar:
+    # Everything runs in float32 (CALIB_PRECISION), on CUDA too: the patch embedding is cheap, and the
+    # calibration statistics feed the inits; --dtype only sets how the tokens are stored.
+    with torch.inference_mode(), full_float32(), progress_bar(f"embed {image_set.split}", n, show_progress) as bar:
         for images, batch_labels, index in _batches(loader):
             images = images.to(device, non_blocking=True)
             x = block0_tokens(model, images)
@@ -325,7 +418,9 @@ def embed_dataset(backbone: Backbone, image_set: ImageSet, config: EmbedConfig |
             "data": image_set.describe(data_fingerprint),
             "samples": [s.key for s in image_set.samples],
             "calibration": {"size": int(tensors["calib.index"].numel()),
-                            "sample_images": int(tensors["calib.sample_index"].numel()), "seed": config.seed},
+                            "sample_images": int(tensors["calib.sample_index"].numel()), "seed": config.seed,
+                            "deep_stats": config.deep_stats, "precision": CALIB_PRECISION,
+                            "deep_stats_prompts": _deep_prompt_count() if config.deep_stats == "reference" else 0},
             "config": {k: v for k, v in asdict(config).items()
                        if k not in ("device", "workers", "batch_size", "augment", "views")},
             "augment": augment,

@@ -134,7 +134,7 @@ def _initial_prompts(inputs: TuneInputs, train: Artifact, arch: str, out: Path, 
         art = load_artifact(inputs.prompts, "prompts", what="--prompts")
         check_same_backbone(train.meta, art.meta, "the training embeddings", f"--prompts {inputs.prompts}")
         source = {"file": str(inputs.prompts), "digest": art.meta["digest"], "method": art.meta["method"],
-                  "config": art.meta["config"]}
+                  "config": art.meta["config"], "precision": art.meta.get("precision")}
         prompts = art["prompts"]
     else:
         cfg = replace(init, deep=arch == "vpt-deep", prompt_length=init.prompt_length or DEFAULT_PROMPTS[arch])
@@ -142,7 +142,8 @@ def _initial_prompts(inputs: TuneInputs, train: Artifact, arch: str, out: Path, 
         outcome = init_prompts(cfg, embeddings=train.path, out=dest, show_progress=False)
         prompts = outcome.tensors["prompts"]
         source = {"file": str(dest), "digest": read_metadata(dest)["digest"], "method": cfg.method,
-                  "config": outcome.meta["config"], "embeddings": train.meta["digest"]}
+                  "config": outcome.meta["config"], "embeddings": train.meta["digest"],
+                  "precision": outcome.meta["precision"]}
     if arch == "vpt-deep" and prompts.dim() != 3:
         raise InputError("--arch vpt-deep needs deep prompts (one set per block)", "initialise with `init --deep`")
     if arch == "vpt-shallow" and prompts.dim() != 2:

@@ -20,6 +20,7 @@ from .random_init import RandomInit
 from .spt import SptInit
 from .vipamin import VipaminInit
 
+INIT_PRECISION = "float32"  # run_init disables autocast and TF32 (VIPAMIN's span algebra is float64)
 METHODS: dict[str, InitMethod] = {m.name: m for m in (RandomInit(), SptInit(), VipaminInit())}
 
 __all__ = ["METHODS", "BlockInit", "InitConfig", "InitContext", "InitMethod", "init_prompts", "run_init",
@@ -39,9 +40,11 @@ def run_init(ctx: InitContext, config: InitConfig) -> tuple[dict[str, torch.Tens
     if config.num_prompts < 1:
         raise InputError(f"--prompt-length {config.num_prompts} must be at least 1", "pass e.g. --prompt-length 100")
     method.validate(config, ctx)
+    from ..embed import full_float32
+
     generator = torch.Generator().manual_seed(config.seed)
     blocks = range(len(ctx.vit.blocks)) if config.deep else [0]
-    with torch.no_grad():
+    with torch.no_grad(), full_float32():  # never under a caller's autocast (tune's --precision bf16)
         results = [method.init_block(ctx, b, config, generator) for b in blocks]
 
     def combine(items: list[torch.Tensor]) -> torch.Tensor:
@@ -118,6 +121,7 @@ def init_prompts(config: InitConfig, embeddings: str | os.PathLike | None = None
         "method": config.method,
         "config": asdict(config) | {"prompt_length": config.num_prompts},
         "deep": config.deep,
+        "precision": INIT_PRECISION,
         "prompt_shape": list(tensors["prompts"].shape),
         "info": info,
         "backbone": identity,

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer
 
 
+DEFAULT_DEEP_PROMPTS = 20  # prompts per block of deep prompting (also the --deep-stats reference pass)
+
+
 @dataclass
 class InitConfig:
     """Every hyperparameter of every method; each method reads its own and all are recorded."""
@@ -35,6 +38,7 @@ class InitConfig:
     orth_rank: int | None = None  # force a truncated basis of this rank
     # SPT
     sample: str = "kmeans"  # random | mean | max | kmeans
+    spt_windows: str = "ours"  # ours | reference (the official code's remainder rule for mean/max windows)
     token_budget: int = 200_000
     kmeans_iters: int = 100
     kmeans_restarts: int = 1  # independent greedy k-means++ runs; the lowest inertia is kept
@@ -57,12 +61,17 @@ class InitConfig:
         v.integer(self.orth_rank, "--orth-rank", minimum=0, example=8, optional=True)
         v.integer(self.token_budget, "--token-budget", minimum=1, example=200_000)
         v.integer(self.kmeans_iters, "--kmeans-iters", minimum=1, example=100)
+        if self.spt_windows not in ("ours", "reference"):
+            from ..errors import InputError
+
+            raise InputError(f"unknown --spt-windows '{self.spt_windows}'",
+                             "use one of ours, reference (e.g. --spt-windows reference)")
 
     @property
     def num_prompts(self) -> int:
         if self.prompt_length is not None:
             return self.prompt_length
-        return 20 if self.deep else 100
+        return DEFAULT_DEEP_PROMPTS if self.deep else 100
 
 
 @dataclass

@@ -30,6 +30,21 @@ def window_bounds(num_tokens: int, num_prompts: int) -> list[tuple[int, int]]:
     return bounds
 
 
+def reference_window_bounds(num_tokens: int, num_prompts: int) -> list[tuple[int, int]]:
+    """The official SPT code's windows: w = N div (P-1); P-1 windows of w tokens, then a P-th window
+    holding the last N mod w tokens, or the whole sequence when N mod w = 0 (so tokens between the
+    (P-1)-th window and the last N mod w are in no window but the last). Always P windows."""
+    if num_prompts < 2 or num_tokens < num_prompts - 1:
+        raise InputError(f"--spt-windows reference needs 2 <= P <= N + 1 (P = {num_prompts} prompts, "
+                         f"N = {num_tokens} patch tokens)",
+                         f"use --prompt-length between 2 and {num_tokens + 1}, or --spt-windows ours")
+    width = num_tokens // (num_prompts - 1)
+    bounds = [(i * width, (i + 1) * width) for i in range(num_prompts - 1)]
+    rest = num_tokens % width
+    bounds.append((num_tokens - rest, num_tokens) if rest else (0, num_tokens))
+    return bounds
+
+
 def window_summaries(tokens: torch.Tensor, bounds: list[tuple[int, int]], how: str) -> torch.Tensor:
     """(images, windows, D): mean or max of each window of each image's tokens."""
     parts = []
@@ -138,6 +153,8 @@ class SptInit:
     def validate(self, config: InitConfig, ctx: InitContext) -> None:
         if config.sample not in SAMPLES:
             raise InputError(f"unknown --sample '{config.sample}'", f"use one of {', '.join(SAMPLES)}")
+        if config.sample in ("mean", "max") and config.spt_windows == "reference":
+            reference_window_bounds(ctx.num_patches, config.num_prompts)  # refuses N < P - 1 now
         if config.deep and "calib.token_sample" not in ctx.stats:
             raise InputError("the embeddings hold no per-block token sample for deep SPT",
                              "re-run `vipamin embed` with --sample-images > 0")
@@ -163,7 +180,7 @@ class SptInit:
             prompts = tokens[ids[:, 0], ids[:, 1]].float()
             return BlockInit(prompts=prompts, extras={"token_index": ids}, info={"pool_size": images * n})
         if config.sample in ("mean", "max"):
-            bounds = window_bounds(n, p)
+            bounds = reference_window_bounds(n, p) if config.spt_windows == "reference" else window_bounds(n, p)
             cands = window_summaries(tokens, bounds, config.sample)  # (images, W, D)
             total = cands.shape[0] * cands.shape[1]
             flat = torch.randperm(total, generator=generator)[:p] if total >= p else torch.randint(
@@ -171,7 +188,8 @@ class SptInit:
             ids = torch.stack([flat // cands.shape[1], flat % cands.shape[1]], dim=1)
             prompts = cands[ids[:, 0], ids[:, 1]]
             return BlockInit(prompts=prompts, extras={"candidate_index": ids},
-                             info={"windows": [list(b) for b in bounds], "candidates": total})
+                             info={"windows": [list(b) for b in bounds], "candidates": total,
+                                   "windows_rule": config.spt_windows})
         flat_tokens = tokens.reshape(-1, dim)
         if flat_tokens.shape[0] < p:
             raise InputError(f"only {flat_tokens.shape[0]} tokens are cached for block {block}, fewer than the "
