@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     import torch
 
 META_KEY = "vipamin"
+# Header fields the digest leaves out: the digest itself, and how a run was launched (``world_size``
+# of a torchrun run), which does not change the content, so that a distributed embed has the same
+# digest as a single-process one (later commands and the benchmark compare embeddings by digest).
+UNDIGESTED = ("digest", "world_size")
 KINDS = ("embeddings", "prompts", "checkpoint")
 
 
@@ -49,7 +53,7 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 def artifact_digest(tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> str:
     """The digest recorded since schema 2: the tensors plus every metadata field but the digest itself,
     so an edited header (pooling, class names, provenance) fails ``--verify`` like an edited tensor."""
-    return _digest(tensors, {k: v for k, v in header.items() if k != "digest"})
+    return _digest(tensors, {k: v for k, v in header.items() if k not in UNDIGESTED})
 
 
 def _digest(tensors: dict[str, torch.Tensor], header: dict[str, Any] | None) -> str:

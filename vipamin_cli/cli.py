@@ -35,9 +35,25 @@ _STATE = {"debug": False}
 
 
 def _fail(message: str, code: int) -> None:
+    """Print the error once and exit. Under torchrun the ranks first agree on one failure (the
+    lowest failing rank's), so every rank exits with the same code and only rank 0 prints it."""
+    from . import distributed
+
+    if distributed.launched():
+        message, code = distributed.agree_failure(message, code)
+        if not distributed.is_main():
+            raise typer.Exit(code)
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
     raise typer.Exit(code)
+
+
+def _agree_before_traceback(message: str, code: int) -> None:
+    """--debug under torchrun: the peers still learn of the failure before the traceback is shown."""
+    from . import distributed
+
+    if distributed.launched():
+        distributed.agree_failure(message, code)
 
 
 def handle_errors(fn: F) -> F:
@@ -51,14 +67,16 @@ def handle_errors(fn: F) -> F:
             raise
         except VipaminError as exc:
             if _STATE["debug"]:
+                _agree_before_traceback(str(exc), exc.exit_code)
                 raise
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except Exception as exc:  # an unexpected failure still gets one line, not a traceback
-            if _STATE["debug"]:
-                raise
             text = str(exc).splitlines()[0] if str(exc) else ""
+            if _STATE["debug"]:
+                _agree_before_traceback(f"internal error: {type(exc).__name__}: {text}", 1)
+                raise
             _fail(f"internal error: {type(exc).__name__}: {text} (re-run with --debug for the traceback)", 1)
 
     return wrapper  # type: ignore[return-value]
@@ -747,7 +765,56 @@ def threading_is_main() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: usage errors (unknown option, bad value) become one line too."""
+    """Console entry point: usage errors (unknown option, bad value) become one line too.
+
+    Under torchrun (WORLD_SIZE > 1) the process group is joined once here; ranks other than 0 keep
+    stdout and progress quiet, and every rank ends with the same exit code (see distributed.py).
+    """
+    from . import distributed
+
+    if not distributed.launched():
+        return _main(argv)
+    try:
+        distributed.init()
+    except Exception as exc:  # no group, so no agreement: each rank reports for itself
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        sys.stderr.write(f"error: cannot join the torchrun process group: {text}; check the torchrun "
+                         f"rendezvous settings (MASTER_ADDR/MASTER_PORT, --rdzv-endpoint)\n")
+        return 1
+    if not distributed.is_main():
+        os.environ["VIPAMIN_QUIET"] = "1"
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 alone prints results
+    try:
+        code = _main(argv)
+        if not distributed.agreed():  # a rank that finished must still hear of a late failure elsewhere
+            codes = _final_codes(code)
+            code = next((c for c in codes if c), 0)
+        return code
+    finally:
+        distributed.shutdown()
+
+
+def _final_codes(code: int) -> list[int]:
+    """Every rank's exit code; a rank that failed late (after its peers finished) is reported here."""
+    from . import distributed
+
+    try:
+        return distributed.exchange(code)
+    except distributed.PeerFailure as exc:
+        if distributed.is_main():
+            sys.stderr.write(f"error: {exc}\n")
+        return [exc.exit_code]
+
+
+def _say(line: str) -> None:
+    """One line on stderr, from rank 0 only under torchrun (every rank parsed the same arguments)."""
+    from . import distributed
+
+    if distributed.is_main():
+        sys.stderr.write(line + "\n")
+
+
+def _main(argv: list[str] | None = None) -> int:
     try:  # typer >= 0.17 vendors click; older versions use click itself
         from typer._click import exceptions as cx
     except ImportError:  # pragma: no cover
@@ -768,10 +835,10 @@ def main(argv: list[str] | None = None) -> int:
     except cx.UsageError as exc:
         where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         message = " ".join(exc.format_message().split())
-        sys.stderr.write(f"error: {message}{where}\n")
+        _say(f"error: {message}{where}")
         return 2
     except typer.Abort:
-        sys.stderr.write("error: aborted\n")
+        _say("error: aborted")
         return 130
     except typer.Exit as exc:
         return int(getattr(exc, "exit_code", 0) or 0)

@@ -287,12 +287,19 @@ def _deep_prompt_count() -> int:
 
 
 def compute_embeddings(backbone: Backbone, image_set: ImageSet, config: EmbedConfig, preprocessing: dict[str, Any],
-                       show_progress: bool = True, views: int = 0) -> dict[str, torch.Tensor]:
+                       show_progress: bool = True, views: int = 0) -> dict[str, torch.Tensor] | None:
     """The forward pass itself: block-0 tokens for all images, statistics for the calibration subset,
-    and with ``views`` > 0 the block-0 tokens of that many seeded augmented views per image."""
+    and with ``views`` > 0 the block-0 tokens of that many seeded augmented views per image.
+
+    Under torchrun each rank embeds a contiguous block of whole loader batches; rank 0 gathers the
+    tokens in order and runs the calibration pass itself on the gathered full-precision calibration
+    tokens, batch by batch as one process would, so the result is bitwise the single-process one.
+    Augmented views are embedded by rank 0 alone. Ranks other than 0 get None.
+    """
     import torch
     from torch.utils.data import DataLoader
 
+    from . import distributed
     from .data import TorchImages, make_transform
 
     device = resolve_device(config.device)
@@ -311,27 +318,47 @@ def compute_embeddings(backbone: Backbone, image_set: ImageSet, config: EmbedCon
     workers = config.workers
     if workers is None:
         workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
-    loader = DataLoader(TorchImages(image_set, transform), batch_size=config.batch_size, shuffle=False,
+    split = distributed.launched()
+    first_batch, last_batch = distributed.block(-(-n // config.batch_size)) if split else (0, 0)
+    lo, hi = (first_batch * config.batch_size, min(n, last_batch * config.batch_size)) if split else (0, n)
+    dataset = TorchImages(image_set, transform, indices=list(range(lo, hi)) if split else None)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
                         num_workers=workers, pin_memory=device.type == "cuda")
     model = backbone.model.to(device)
     recorder = CalibrationRecorder(model, dtype, deep_stats_prompts(config, len(model.blocks), int(model.embed_dim),
                                                                     int(model.patch_embed.patch_size[0])))
+    calib_batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # (global index, tokens) per batch, when split
     tokens = None
-    labels = torch.empty(n, dtype=torch.long)
+    labels = torch.empty(hi - lo, dtype=torch.long)
     # Everything runs in float32 (CALIB_PRECISION), on CUDA too: the patch embedding is cheap, and the
     # calibration statistics feed the inits; --dtype only sets how the tokens are stored.
-    with torch.inference_mode(), full_float32(), progress_bar(f"embed {image_set.split}", n, show_progress) as bar:
+    with torch.inference_mode(), full_float32(), progress_bar(f"embed {image_set.split}", hi - lo,
+                                                              show_progress) as bar:
         for images, batch_labels, index in _batches(loader):
             images = images.to(device, non_blocking=True)
             x = block0_tokens(model, images)
             if tokens is None:
-                tokens = torch.empty((n, *x.shape[1:]), dtype=dtype)
-            tokens[index] = x.to("cpu", dtype)
-            labels[index] = batch_labels.long()
+                tokens = torch.empty((hi - lo, *x.shape[1:]), dtype=dtype)
+            tokens[index - lo] = x.to("cpu", dtype)
+            labels[index - lo] = batch_labels.long()
             mask = is_calib[index]
             if bool(mask.any()):
-                recorder.run(x[mask.to(device)], is_sample[index][mask].to(device))
+                if split:
+                    calib_batches.append((index[mask].clone(), x[mask.to(device)].to("cpu").clone()))
+                else:
+                    recorder.run(x[mask.to(device)], is_sample[index][mask].to(device))
             bar.advance(len(index))
+        if split:
+            distributed.sync()  # every rank embedded its block (else all stop with the failure)
+            parts = distributed.gather_to_main((tokens, labels, calib_batches))
+            if parts is None:
+                backbone.model.to("cpu")
+                return None
+            tokens = torch.cat([p[0] for p in parts if p[0] is not None])
+            labels = torch.cat([p[1] for p in parts])
+            for part in parts:
+                for index, x in part[2]:  # the single-process calibration batches, in order
+                    recorder.run(x.to(device), is_sample[index].to(device))
     out = {"tokens": tokens, "labels": labels, "calib.index": calib_index, "calib.sample_index": sample_index}
     out.update(recorder.tensors())
     if views > 0:
@@ -356,10 +383,8 @@ def _embed_views(model: torch.nn.Module, image_set: ImageSet, config: EmbedConfi
     loader = DataLoader(TorchViews(image_set, transform, params), batch_size=config.batch_size, shuffle=False,
                         num_workers=workers, pin_memory=device.type == "cuda")
     out = None
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
-    with torch.inference_mode(), autocast, progress_bar(f"embed {image_set.split} views", n * views,
-                                                        show_progress) as bar:
+    with torch.inference_mode(), full_float32(), progress_bar(f"embed {image_set.split} views", n * views,
+                                                              show_progress) as bar:
         for images, _labels, flat in _batches(loader):
             x = block0_tokens(model, images.to(device, non_blocking=True))
             if out is None:
@@ -403,38 +428,87 @@ def embed_dataset(backbone: Backbone, image_set: ImageSet, config: EmbedConfig |
     key = embeddings_key(backbone, data_fingerprint, preprocessing, config, augment)
     cached = embeddings_path(checked_cache_root(cache_dir), key) if use_cache else None
 
+    from . import distributed
+
+    if distributed.launched():
+        return _embed_distributed(backbone, image_set, config, preprocessing, data_fingerprint, key, cached, out,
+                                  cache_dir, show_progress, views, augment)
     lock = entry_lock(cached) if cached is not None else contextlib.nullcontext()
     with lock:
         hit = _cache_hit(cached, key, out)
         if hit is not None:
             return hit
-        try:
-            tensors = compute_embeddings(backbone, image_set, config, preprocessing, show_progress, views)
-        except KeyboardInterrupt:
-            raise Interrupted("embed interrupted; nothing was written", "run the same command again") from None
-        meta = {
-            "backbone": backbone.identity(),
-            "preprocessing": preprocessing,
-            "data": image_set.describe(data_fingerprint),
-            "samples": [s.key for s in image_set.samples],
-            "calibration": {"size": int(tensors["calib.index"].numel()),
-                            "sample_images": int(tensors["calib.sample_index"].numel()), "seed": config.seed,
-                            "deep_stats": config.deep_stats, "precision": CALIB_PRECISION,
-                            "deep_stats_prompts": _deep_prompt_count() if config.deep_stats == "reference" else 0},
-            "config": {k: v for k, v in asdict(config).items()
-                       if k not in ("device", "workers", "batch_size", "augment", "views")},
-            "augment": augment,
-            "tokens_dtype": config.dtype,
-            "cache_key": key,
-        }
-        dest = Path(out) if out is not None else cached
-        if dest is None:
-            raise InputError("nowhere to write the embeddings", "pass --out FILE or enable the cache")
-        save_artifact(dest, tensors, "embeddings", meta, what="--out" if out is not None else cache_option(cache_dir))
-        if cached is not None and dest != cached:
-            with atomic_path(cached, cache_option(cache_dir)) as tmp:
-                shutil.copyfile(dest, tmp)
+        tensors = _compute(backbone, image_set, config, preprocessing, show_progress, views)
+        dest = _write(backbone, image_set, config, preprocessing, data_fingerprint, key, cached, out, cache_dir,
+                      tensors, augment)
     return EmbedResult(path=dest, from_cache=False, meta=read_metadata(dest))
+
+
+def _compute(backbone: Backbone, image_set: ImageSet, config: EmbedConfig, preprocessing: dict[str, Any],
+             show_progress: bool, views: int = 0) -> dict[str, torch.Tensor] | None:
+    try:
+        return compute_embeddings(backbone, image_set, config, preprocessing, show_progress, views)
+    except KeyboardInterrupt:
+        raise Interrupted("embed interrupted; nothing was written", "run the same command again") from None
+
+
+def _write(backbone: Backbone, image_set: ImageSet, config: EmbedConfig, preprocessing: dict[str, Any],
+           data_fingerprint: str, key: str, cached: Path | None, out: str | os.PathLike | None,
+           cache_dir: str | os.PathLike | None, tensors: dict[str, torch.Tensor],
+           augment: dict[str, Any] | None = None) -> Path:
+    """Write the artifact (to --out and/or the cache entry) atomically; the destination."""
+    from . import distributed
+
+    meta = {
+        "backbone": backbone.identity(),
+        "preprocessing": preprocessing,
+        "data": image_set.describe(data_fingerprint),
+        "samples": [s.key for s in image_set.samples],
+        "calibration": {"size": int(tensors["calib.index"].numel()),
+                        "sample_images": int(tensors["calib.sample_index"].numel()), "seed": config.seed,
+                        "deep_stats": config.deep_stats, "precision": CALIB_PRECISION,
+                        "deep_stats_prompts": _deep_prompt_count() if config.deep_stats == "reference" else 0},
+        "config": {k: v for k, v in asdict(config).items()
+                   if k not in ("device", "workers", "batch_size", "augment", "views")},
+        "augment": augment,
+        "tokens_dtype": config.dtype,
+        "cache_key": key,
+    }
+    if distributed.launched():
+        meta["world_size"] = distributed.world_size()  # provenance only: outside the digest (artifacts.py)
+    dest = Path(out) if out is not None else cached
+    if dest is None:
+        raise InputError("nowhere to write the embeddings", "pass --out FILE or enable the cache")
+    save_artifact(dest, tensors, "embeddings", meta, what="--out" if out is not None else cache_option(cache_dir))
+    if cached is not None and dest != cached:
+        with atomic_path(cached, cache_option(cache_dir)) as tmp:
+            shutil.copyfile(dest, tmp)
+    return dest
+
+
+def _embed_distributed(backbone: Backbone, image_set: ImageSet, config: EmbedConfig, preprocessing: dict[str, Any],
+                       data_fingerprint: str, key: str, cached: Path | None, out: str | os.PathLike | None,
+                       cache_dir: str | os.PathLike | None, show_progress: bool, views: int = 0,
+                       augment: dict[str, Any] | None = None) -> EmbedResult:
+    """embed under torchrun: rank 0 holds the cache lock, looks the entry up and writes the one artifact;
+    every rank embeds its share of the images; the others learn the path (and metadata) from rank 0."""
+    from . import distributed
+
+    main = distributed.is_main()
+    lock = entry_lock(cached) if cached is not None and main else contextlib.nullcontext()
+    with lock:
+        hit = _cache_hit(cached, key, out) if main else None
+        found = distributed.broadcast_from_main(None if hit is None else (str(hit.path), hit.meta))
+        if found is not None:
+            return EmbedResult(path=Path(found[0]), from_cache=True, meta=found[1])
+        tensors = _compute(backbone, image_set, config, preprocessing, show_progress and main, views)
+        written = None
+        if main:
+            dest = _write(backbone, image_set, config, preprocessing, data_fingerprint, key, cached, out,
+                          cache_dir, tensors, augment)
+            written = (str(dest), read_metadata(dest))
+        written = distributed.broadcast_from_main(written)  # the others wait here for the one artifact
+    return EmbedResult(path=Path(written[0]), from_cache=False, meta=written[1])
 
 
 def check_embed_request(config: EmbedConfig, out: str | os.PathLike | None, cache_dir: str | os.PathLike | None,

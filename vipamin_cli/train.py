@@ -319,7 +319,8 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, ...],
                 = None, on_epoch: Callable[[list[PromptedViT], list[torch.optim.Optimizer], list[RunState]], None]
                 | None = None, on_step: Callable[[int, torch.Tensor], None] | None = None,
                 tolerate_divergence: bool = False, precision: str = "auto", compile_blocks: bool = False,
-                ema_states: list[dict[str, torch.Tensor] | None] | None = None) -> list[RunState]:
+                ema_states: list[dict[str, torch.Tensor] | None] | None = None,
+                data_parallel: bool = False) -> list[RunState]:
     """Train several configurations in one loop over one frozen backbone (grid batching).
 
     Each configuration keeps its own prompts, head, optimizer, schedule, batch order and seed; the
@@ -328,6 +329,13 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, ...],
     whose loss or weights become non-finite stops updating and is recorded as diverged; otherwise
     that is an error. With ``config.ema`` > 0 each model carries a ``WeightEma`` as ``model.ema``
     (restored from ``ema_states``); validation uses the averaged weights.
+
+    ``data_parallel`` (under torchrun): every rank trains the same group; each step's batch (the
+    same seeded order as one process) is split across ranks by stride, and the gradients of the
+    prompt side and head are summed over ranks (weighted so the sum is the whole batch's mean-loss
+    gradient), as DistributedDataParallel would. Every rank then holds identical weights; they equal
+    one process's up to float summation order (prompt dropout draws differ, as each rank draws
+    its own mask for its part of the batch).
     """
     from .prompted import grid_forward
 
@@ -358,6 +366,7 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, ...],
     used = steps * base.batch_size if base.drop_last else n
     loss_fn = nn.CrossEntropyLoss()
     autocast = precision_context(precision, device)
+    sync = _GradientSync(models) if data_parallel else None
 
     def set_lrs(epoch: int, step: int) -> list[float]:
         lrs = [c.lr_at(epoch, step, steps) for c in configs]
@@ -381,24 +390,34 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, ...],
             if step_index and base.schedule_step == "iteration":
                 set_lrs(epoch, step_index)
             idx = [o[i: i + base.batch_size] for o in orders]
-            if picks is None:
-                xs = [tokens[j.to(tokens.device)].to(device, non_blocking=True) for j in idx]
-            else:
-                xs = [views[j.to(views.device), pk[j.to(views.device)]].to(device, non_blocking=True)
-                      for j, pk in zip(idx, picks, strict=True)]
-            ys = [labels[j.to(labels.device)].to(device, non_blocking=True) for j in idx]
-            with autocast:
-                logits = grid_forward(models, xs) if group > 1 else [models[0](xs[0])]
-            losses = torch.stack([loss_fn(lg.float(), y) for lg, y in zip(logits, ys, strict=True)])
+            batch = len(idx[0])
+            if sync is not None:
+                idx = [j[sync.rank::sync.world] for j in idx]
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
+            if len(idx[0]):
+                if picks is None:
+                    xs = [tokens[j.to(tokens.device)].to(device, non_blocking=True) for j in idx]
+                else:  # each image's drawn view of this epoch
+                    xs = [views[j.to(views.device), pk[j.to(views.device)]].to(device, non_blocking=True)
+                          for j, pk in zip(idx, picks, strict=True)]
+                ys = [labels[j.to(labels.device)].to(device, non_blocking=True) for j in idx]
+                with autocast:
+                    logits = grid_forward(models, xs) if group > 1 else [models[0](xs[0])]
+                losses = torch.stack([loss_fn(lg.float(), y) for lg, y in zip(logits, ys, strict=True)])
+                if sync is not None:
+                    losses = losses * (len(idx[0]) / batch)  # this rank's share of the batch mean
+                losses.sum().backward()
+            else:  # a rank with no image of this (last, small) batch adds nothing
+                losses = torch.zeros(group, device=device)
+            if sync is not None:
+                losses = sync.all_reduce(losses.detach())
             for m, opt, ok in zip(models, opts, alive, strict=True):
                 if ok:
                     opt.step()
                     if m.ema is not None:
                         m.ema.update()
-            totals += losses.detach() * len(idx[0])
+            totals += losses.detach() * batch
             if on_step is not None:
                 on_step(len(idx[0]), losses.detach())
         mean_losses = (totals / used).tolist()  # one host sync per epoch
@@ -430,7 +449,57 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, ...],
             raise RuntimeFailure(f"every configuration diverged by epoch {epoch + 1}", "lower the --lr values")
         if on_epoch is not None:
             on_epoch(models, opts, states)
+    if sync is not None:
+        sync.close()
     return states
+
+
+class _GradientSync:
+    """Data-parallel training under torchrun: one flat all-reduce per step of every trainable
+    gradient, the per-config losses and an interrupt flag. Ctrl-C / SIGTERM only sets the flag, and
+    every rank raises KeyboardInterrupt after the same step, so no rank is left alone in a collective."""
+
+    def __init__(self, models: list[PromptedViT]) -> None:
+        import signal
+        import threading
+
+        from . import distributed
+
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.params = [p for m in models for n, p in m.named_parameters() if p.requires_grad
+                       and not n.startswith("vit.")]
+        self.stop = False
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stop = True
+
+    def all_reduce(self, losses: torch.Tensor) -> torch.Tensor:
+        """Sum gradients and losses over ranks in place; the summed losses."""
+        from . import distributed
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1).float() for g in grads] + [losses.float(),
+                                                                  losses.new_full((1,), float(self.stop))])
+        distributed.all_reduce_sum_(flat)
+        if float(flat[-1]) > 0:
+            self.close()
+            raise KeyboardInterrupt
+        offset = 0
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = flat[offset: offset + g.numel()].view_as(p).to(p.dtype)
+            offset += g.numel()
+        return flat[offset: offset + losses.numel()]
+
+    def close(self) -> None:
+        import signal
+
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
 
 
 def config_dict(config: TuneConfig) -> dict[str, Any]:

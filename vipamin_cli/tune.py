@@ -207,7 +207,23 @@ def grid_points(base: TuneConfig, lrs: list[float], weight_decays: list[float], 
 
 
 def _partial_path(out: Path) -> Path:
-    return out.with_name(out.name.removesuffix(".safetensors") + ".partial.safetensors")
+    """The resume state beside ``out``; under torchrun one per rank (``<out>.rank{r}.partial.safetensors``)."""
+    from . import distributed
+
+    tag = f".rank{distributed.rank()}" if distributed.launched() else ""
+    return out.with_name(out.name.removesuffix(".safetensors") + f"{tag}.partial.safetensors")
+
+
+def has_resume_state(out: str | os.PathLike) -> bool:
+    """Whether ``--resume`` has something to continue (under torchrun: on any rank)."""
+    from . import distributed
+
+    return any(distributed.exchange(_partial_path(Path(out)).exists()))
+
+
+def _groups(n: int, grid_batch: int) -> list[list[int]]:
+    """The grid-batch groups of a stage's points, as in one process: consecutive runs of ``grid_batch``."""
+    return [list(range(first, min(first + grid_batch, n))) for first in range(0, n, grid_batch)]
 
 
 def _plain(obj: Any) -> Any:
@@ -228,30 +244,54 @@ class _Stage:
     done_tensors: dict[str, torch.Tensor]
     current: dict[str, Any] | None = None
     current_tensors: dict[str, torch.Tensor] | None = None
+    done_index: list[int] | None = None  # the point index of each ``done`` entry (default: 0, 1, ...)
 
 
 def _run_stage(stage: _Stage, backbone: Any, num_classes: int, pool: str, grid: tuple[int, int], dev: torch.device,
                grid_batch: int, partial: Path, partial_meta: dict[str, Any], show_progress: bool, on_epoch: Any,
-               precision: str, compile_blocks: bool, tolerate: bool) -> dict[int, Any]:
-    """Train the stage's remaining points ``grid_batch`` at a time, saving resume state every epoch."""
+               precision: str, compile_blocks: bool, tolerate: bool, groups: list[list[int]] | None = None,
+               data_parallel: bool = False) -> dict[int, Any]:
+    """Train the stage's remaining points ``grid_batch`` at a time, saving resume state every epoch.
+
+    ``groups`` (default: all, ``grid_batch`` consecutive points each) are the groups this process
+    trains: under torchrun, its share of the sweep; ``data_parallel`` trains them over all ranks.
+    """
+    from . import distributed
     from .train import epoch_steps, evaluation_state
 
     configs = [pt.config for pt in stage.points]
     base = configs[0]
     models: dict[int, Any] = {}
     per_epoch = epoch_steps(stage.train_xy[0].shape[0], base)
-    total_steps = -(-len(configs) // grid_batch) * base.epochs * per_epoch
+    groups = _groups(len(configs), grid_batch) if groups is None else groups
+    total_steps = len(groups) * base.epochs * per_epoch
     done, done_tensors = stage.done, stage.done_tensors
+    if stage.done_index is None:
+        stage.done_index = list(range(len(done)))
+    finished = set(stage.done_index)
     wants_stage = on_epoch is not None and len(inspect.signature(on_epoch).parameters) >= 3
     current, current_tensors = stage.current, stage.current_tensors or {}
+    launched = distributed.launched()
+    who: dict[str, Any] = ({"rank": "all" if data_parallel else distributed.rank()} if launched else {})
+
+    def state_meta(current_meta: dict[str, Any] | None) -> dict[str, Any]:
+        meta = partial_meta | {"partial": True, "stage": stage.name, "done": done, "current": current_meta}
+        return meta | ({"done_index": stage.done_index} if launched else {})
+
     with progress_bar(f"tune ({stage.name})", total_steps, show_progress) as bar:
-        bar.advance((len(done) // grid_batch) * base.epochs * per_epoch)
-        for first in range(len(done), len(configs), grid_batch):
-            indices = list(range(first, min(first + grid_batch, len(configs))))
+        bar.advance(sum(set(g) <= finished for g in groups) * base.epochs * per_epoch)
+        for indices in groups:
+            if set(indices) <= finished:
+                continue
             group_cfgs = [configs[i] for i in indices]
             group = [build_model(backbone.model, stage.prompts[stage.points[i].init_index], num_classes, c, pool,
                                  grid) for i, c in zip(indices, group_cfgs, strict=True)]
             states, opt_states, ema_states = None, None, None
+            if data_parallel:  # every rank must continue from the same epoch
+                starts = distributed.exchange(current["states"][0]["epoch"] if current is not None else 0)
+                if len(set(starts)) > 1:
+                    raise InputError(f"the ranks' resume states of {stage.name} stop at different epochs {starts}",
+                                     "delete the <out>.rank*.partial.safetensors files and run again")
             if current is not None and current["indices"] == indices:
                 states, opt_states, ema_states = [], [], []
                 for g, m in enumerate(group):
@@ -276,8 +316,7 @@ def _run_stage(stage: _Stage, backbone: Any, num_classes: int, pool: str, grid: 
                     tensors.update({f"cur{g}.optim.{k}": v for k, v in optimizer_tensors(opt).items()})
                     if m.ema is not None:
                         tensors.update({f"cur{g}.ema.{k}": v for k, v in m.ema.state().items()})
-                meta = partial_meta | {"partial": True, "stage": stage.name, "done": done,
-                                       "current": {"indices": indices, "states": [vars(st) for st in sts]}}
+                meta = state_meta({"indices": indices, "states": [vars(st) for st in sts]})
                 save_artifact(partial, tensors, "checkpoint", meta)
                 if on_epoch is not None:
                     on_epoch(indices[0], sts[0], *([stage.name] if wants_stage else []))
@@ -295,7 +334,8 @@ def _run_stage(stage: _Stage, backbone: Any, num_classes: int, pool: str, grid: 
                 states = train_group(group, stage.train_xy, stage.val_xy, group_cfgs, dev, states=states,
                                      optimizer_states=opt_states, on_epoch=save_progress,
                                      on_step=step if show_progress else None, tolerate_divergence=tolerate,
-                                     precision=precision, compile_blocks=compile_blocks, ema_states=ema_states)
+                                     precision=precision, compile_blocks=compile_blocks, ema_states=ema_states,
+                                     data_parallel=data_parallel)
             except KeyboardInterrupt:
                 runs = (f"run {indices[0] + 1}" if len(indices) == 1
                         else f"runs {indices[0] + 1}-{indices[-1] + 1}")
@@ -309,12 +349,15 @@ def _run_stage(stage: _Stage, backbone: Any, num_classes: int, pool: str, grid: 
                              "history": st.history, "best": st.best,
                              "final_val_top1": st.history[-1].get("val_top1") if st.history else None,
                              "final_train_loss": st.history[-1]["loss"],
-                             "diverged": bool(st.history and st.history[-1].get("diverged"))})
+                             "diverged": bool(st.history and st.history[-1].get("diverged")), **who})
+                stage.done_index.append(i)
                 final_state = evaluation_state(m)  # the EMA weights when the recipe keeps an EMA
                 done_tensors.update({f"done{i}.{k}": v for k, v in final_state.items()})
                 m.load_state_dict(final_state, strict=False)
                 models[i] = m.cpu()
             current = None
+            if launched:  # this rank's finished groups must survive a peer's interruption
+                save_artifact(partial, done_tensors, "checkpoint", state_meta(None))
     return models
 
 
@@ -339,7 +382,10 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
         raise InputError("--seeds for the final runs is empty", "pass e.g. --seeds 42,44,82")
     out, dev, precision_used, compile_blocks, _ = check_tune_request(
         inputs, base, lrs, weight_decays, seeds, out, device, grid_batch, precision, compile_mode, final_seeds)
-    with output_lock(out):
+    from . import distributed
+
+    # Under torchrun rank 0 alone holds the lock: it writes the checkpoint; each rank has its own partial.
+    with output_lock(out) if distributed.is_main() else contextlib.nullcontext():
         return _tune(inputs, base, lrs, weight_decays, seeds, out, dev, resume, show_progress, on_epoch, grid_batch,
                      precision_used, compile_blocks, final_seeds, recipe)
 
@@ -472,10 +518,13 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
     backbone = load_backbone_from_identity(identity)
     grid = (identity["img_size"] // identity["patch"],) * 2
     _check_geometry(base, backbone.model, grid, train, inputs, dev)
+    from . import distributed
+
+    distributed.sync()  # every rank has its inputs (a rank that could not read them stops all here)
     sources = []
     prompts = []
     for i, init in enumerate(inits):
-        p, src = _initial_prompts(inputs, train, base.arch, out, init, suffix=f"-{i}" if len(inits) > 1 else "")
+        p, src = _main_prompts(inputs, train, base.arch, out, init, suffix=f"-{i}" if len(inits) > 1 else "")
         prompts.append(p)
         sources.append(src)
     pool = base.pool or identity["pool"]
@@ -496,22 +545,33 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
                         "final": final.meta["digest"] if final is not None else None,
                         "final_seeds": final_seed_list if final is not None else None,
                         "runtime": {"precision": precision, "compile": compile_blocks, "device": dev.type}})
+    if distributed.launched():  # another world size shards the groups differently: no resume across it
+        signature["world_size"] = distributed.world_size()
     partial = _partial_path(out)
     stage_name, done, done_tensors, current, current_tensors = "sweep", [], {}, None, {}
+    done_index: list[int] | None = None
     sweep_done: list[dict[str, Any]] | None = None
     if resume:
-        if not partial.exists():
+        if not any(distributed.exchange(partial.exists())):
             raise InputError(f"nothing to resume: {partial} does not exist", "run without --resume")
-        part = load_artifact(partial, "checkpoint", what="--resume state")
-        if part.meta.get("signature") != signature:
-            raise InputError(f"{partial} belongs to a run with other options or inputs",
-                             "repeat the original command with --resume, or delete the file to start over")
-        stage_name = part.meta.get("stage", "sweep")
-        sweep_done = part.meta.get("sweep_done")
-        done = part.meta["done"]
-        done_tensors = {k: v for k, v in part.tensors.items() if k.startswith("done")}
-        current = part.meta.get("current")
-        current_tensors = {k: v for k, v in part.tensors.items() if k.startswith("cur")}
+        if partial.exists():
+            part = load_artifact(partial, "checkpoint", what="--resume state")
+            if part.meta.get("signature") != signature:
+                raise InputError(f"{partial} belongs to a run with other options or inputs",
+                                 "repeat the original command with --resume, or delete the file to start over")
+            stage_name = part.meta.get("stage", "sweep")
+            sweep_done = part.meta.get("sweep_done")
+            done = part.meta["done"]
+            done_index = part.meta.get("done_index")
+            done_tensors = {k: v for k, v in part.tensors.items() if k.startswith("done")}
+            current = part.meta.get("current")
+            current_tensors = {k: v for k, v in part.tensors.items() if k.startswith("cur")}
+        if distributed.launched():  # one rank already in the final stage: the sweep is done everywhere
+            stages = distributed.exchange((stage_name, sweep_done))
+            final_stage = next((st for st in stages if st[0] == "final"), None)
+            if final_stage is not None and stage_name != "final":
+                stage_name, sweep_done = final_stage
+                done, done_tensors, current, current_tensors, done_index = [], {}, None, {}, None
         info(f"resuming the {stage_name}: {len(done)} runs done, current group at epoch "
              f"{current['states'][0]['epoch'] if current else 0}")
 
@@ -531,12 +591,15 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
     run_kw = {"backbone": backbone, "num_classes": num_classes, "pool": pool, "grid": grid, "dev": dev,
               "grid_batch": grid_batch, "partial": partial, "show_progress": show_progress, "on_epoch": on_epoch,
               "precision": precision, "compile_blocks": compile_blocks}
+    if distributed.launched():
+        common_meta["world_size"] = distributed.world_size()
     models: dict[int, Any] = {}
     if stage_name == "sweep":
         stage = _Stage("sweep", points, prompts, on_device(train), (val["tokens"], val["labels"]) if val else None,
-                       done, done_tensors, current, current_tensors)
+                       done, done_tensors, current, current_tensors, done_index)
         models = _run_stage(stage, partial_meta=common_meta | {"signature": signature}, tolerate=len(points) > 1,
-                            **run_kw)
+                            **run_kw, **_share(len(points), grid_batch))
+        done, done_tensors = _gather_stage(stage)
         sweep_done = done
     tie_break = base.tie_break
     chosen = select(sweep_done, tie_break) if val is not None else (0, configs[0].lr, configs[0].weight_decay)
@@ -561,17 +624,19 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
         # Stage 2: the selected point, retrained on the final split per seed, init from that split.
         chosen_cfg = next(pt.config for pt in points if (pt.init_index, pt.config.lr, pt.config.weight_decay)
                           == chosen)
-        final_prompts, final_source = _initial_prompts(inputs, final, base.arch, out, inits[chosen[0]],
+        final_prompts, final_source = _main_prompts(inputs, final, base.arch, out, inits[chosen[0]],
                                                        suffix="-final")
         final_points = [GridPoint(0, replace(chosen_cfg, seed=s)) for s in final_seed_list]
         if stage_name == "sweep":
-            done, done_tensors, current, current_tensors = [], {}, None, {}
+            done, done_tensors, current, current_tensors, done_index = [], {}, None, {}, None
         stage = _Stage("final", final_points, [final_prompts], on_device(final), None, done, done_tensors,
-                       current, current_tensors)
+                       current, current_tensors, done_index)
+        final_batch = max(1, min(grid_batch, len(final_points)))
         final_models = _run_stage(stage, partial_meta=common_meta | {"signature": signature,
                                                                      "sweep_done": sweep_done},
-                                  tolerate=False, **{**run_kw, "grid_batch": max(1, min(grid_batch,
-                                                                                        len(final_points)))})
+                                  tolerate=False, **{**run_kw, "grid_batch": final_batch},
+                                  **_share(len(final_points), final_batch))
+        done, done_tensors = _gather_stage(stage)
         for j, r in enumerate(done):
             tensors.update({f"run{j}.{k.split('.', 1)[1]}": v for k, v in done_tensors.items()
                             if k.startswith(f"done{j}.")})
@@ -583,14 +648,63 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
         common_meta = common_meta | {"init": final_source}
     meta = common_meta | final_meta | {"runs": runs, "selection": sweep["chosen"], "sweep_size": len(sweep_done),
                                        "sweep": sweep}
-    save_artifact(out, tensors, "checkpoint", meta)
-    sweep_path = out.with_name(out.name.removesuffix(".safetensors") + ".sweep.json")
-    with atomic_path(sweep_path) as tmp:
-        tmp.write_text(json.dumps(sweep, indent=2))
+    if distributed.is_main():
+        save_artifact(out, tensors, "checkpoint", meta)
+        sweep_path = out.with_name(out.name.removesuffix(".safetensors") + ".sweep.json")
+        with atomic_path(sweep_path) as tmp:
+            tmp.write_text(json.dumps(sweep, indent=2))
+    distributed.sync()  # the checkpoint is written: now every rank may drop its resume state
     partial.unlink(missing_ok=True)
     if len(sweep_done) > 1:
         render_sweep(sweep)
     return TuneOutcome(checkpoint=out, sweep=sweep, models=out_models, backbone=backbone)
+
+
+def _main_prompts(inputs: TuneInputs, train: Artifact, arch: str, out: Path, init: Any,
+                  suffix: str = "") -> tuple[torch.Tensor, dict]:
+    """``_initial_prompts`` on rank 0 only (it writes the prompts file), shared with the other ranks so
+    every rank starts from the very same tensor."""
+    from . import distributed
+
+    if not distributed.launched():
+        return _initial_prompts(inputs, train, arch, out, init, suffix)
+    mine = _initial_prompts(inputs, train, arch, out, init, suffix) if distributed.is_main() else None
+    return distributed.broadcast_from_main(mine)
+
+
+def _share(points: int, grid_batch: int) -> dict[str, Any]:
+    """This rank's share of a stage: whole grid-batch groups dealt round-robin over the ranks (each
+    point trains in the same group as in one process), or a lone point data-parallel on every rank."""
+    from . import distributed
+
+    if not distributed.launched():
+        return {}
+    if points == 1:
+        return {"groups": [[0]], "data_parallel": True}
+    return {"groups": distributed.shard(_groups(points, grid_batch))}
+
+
+def _gather_stage(stage: _Stage) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """Under torchrun, every rank's finished runs: the records (on every rank, in point order) and the
+    tensors (on rank 0; a data-parallel run, the same on every rank, is taken from rank 0)."""
+    from . import distributed
+
+    if not distributed.launched():
+        return stage.done, stage.done_tensors
+    index = stage.done_index or []
+    shared = distributed.exchange([(i, r) for i, r in zip(index, stage.done, strict=True)])
+    records: dict[int, dict[str, Any]] = {}
+    for entries in shared:
+        for i, r in entries:
+            records.setdefault(i, r)
+    done = [records[i] for i in sorted(records)]
+    parts = distributed.gather_to_main(stage.done_tensors)
+    tensors: dict[str, torch.Tensor] = {}
+    for part in parts or []:
+        for k, v in part.items():
+            tensors.setdefault(k, v)
+    stage.done, stage.done_tensors, stage.done_index = done, tensors, sorted(records)
+    return done, tensors
 
 
 def tune_plan(inputs: TuneInputs, plan: Any, out: str | os.PathLike, **kwargs: Any) -> TuneOutcome:

@@ -151,13 +151,16 @@ def _tune_step(inputs: Any, base: Any, lrs: list[float], wds: list[float], seeds
                device: str, grid_batch: int | None, precision: str, on_epoch: Any) -> dict[str, Any]:
     """One tune() call, resumed from its partial state when a previous run of this cell was cut off;
     returns the sweep record (reused as is when the checkpoint is already complete)."""
-    from ..tune import tune
+    from .. import distributed
+    from ..tune import has_resume_state, tune
 
     sweep_json = out.with_name(out.name.removesuffix(".safetensors") + ".sweep.json")
-    if out.exists() and sweep_json.exists():
-        return json.loads(sweep_json.read_text())
-    partial = out.with_name(out.name.removesuffix(".safetensors") + ".partial.safetensors")
-    outcome = tune(inputs, base, lrs, wds, seeds, out, device=device, resume=partial.exists(), show_progress=False,
+    finished = distributed.broadcast_from_main(json.loads(sweep_json.read_text()) if out.exists() and
+                                               sweep_json.exists() and distributed.is_main() else None)
+    if finished is not None:
+        return finished
+    outcome = tune(inputs, base, lrs, wds, seeds, out, device=device, resume=has_resume_state(out),
+                   show_progress=False,
                    on_epoch=lambda *_: on_epoch(), grid_batch=grid_batch, precision=precision)
     return outcome.sweep
 

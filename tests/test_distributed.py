@@ -1,0 +1,213 @@
+"""`embed` and `tune` under torchrun: two real processes with gloo on CPU, against one process.
+
+Workers are the real entry point (`python -m vipamin_cli`, or a wrapper that stops one rank after
+some epochs), started either by torchrun itself or as plain subprocesses with RANK / WORLD_SIZE /
+MASTER_ADDR / MASTER_PORT set, so each rank's exit code, stdout and stderr can be read (and each
+rank can get its own working directory: a file only one rank sees). Every process runs with one
+thread, as torchrun's workers do, so the single-process references are computed the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vipamin_cli.artifacts import load_artifact
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 120
+EMBED = ["--backbone", "vit-tiny-test", "--batch-size", "16", "--calib-size", "40", "--sample-images", "6",
+         "--device", "cpu"]
+SWEEP = ["--lr", "0.1,0.5,1", "--weight-decay", "0.01,0.001", "--grid-batch", "2", "--epochs", "3",
+         "--warmup-epochs", "1", "--batch-size", "16", "-p", "4", "--device", "cpu", "--compile", "off"]
+
+STOPPER = '''
+import os, sys
+import vipamin_cli.tune as tune
+
+_train_group, _epochs = tune.train_group, {"n": 0}
+
+
+def train_group(*args, **kwargs):
+    """Ctrl-C on rank STOP_RANK after its STOP_AFTER-th saved epoch (as if the user pressed it then)."""
+    save = kwargs["on_epoch"]
+
+    def on_epoch(*a):
+        save(*a)
+        _epochs["n"] += 1
+        if os.environ["RANK"] == os.environ["STOP_RANK"] and _epochs["n"] >= int(os.environ["STOP_AFTER"]):
+            raise KeyboardInterrupt
+
+    kwargs["on_epoch"] = on_epoch
+    return _train_group(*args, **kwargs)
+
+
+tune.train_group = train_group
+from vipamin_cli.cli import main
+
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                              "MASTER_PORT")}
+    env.update(PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
+               VIPAMIN_QUIET="1", **extra)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _single(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "vipamin_cli", *args], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _ranks(args: list[str], cwds: list[Path], entry: list[str] | None = None,
+           **extra: str) -> list[tuple[int, str, str]]:
+    """Two ranks of the real entry point; (exit code, stdout, stderr) per rank."""
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, *(entry or ["-m", "vipamin_cli"]), *args], cwd=cwd,
+                              env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                                       MASTER_PORT=port, **extra),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r, cwd in enumerate(cwds)]
+    results = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=TIMEOUT)
+            results.append((p.returncode, out, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return results
+
+
+def _error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def embedded(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train / val embeddings made by one process (the tune tests' inputs)."""
+    where = tmp_path_factory.mktemp("dist_inputs")
+    for split in ("train", "val"):
+        _single(["embed", *EMBED, "--data", str(digits_dir), "--split", split, "--out", f"{split}.safetensors",
+                 "--no-cache"], where)
+    return where
+
+
+@pytest.fixture(scope="module")
+def single_sweep(embedded: Path) -> Path:
+    _single(["tune", "-e", "train.safetensors", "--val-embeddings", "val.safetensors", *SWEEP,
+             "--out", "single.safetensors"], embedded)
+    return embedded / "single.safetensors"
+
+
+def _same_tensors(a: Path, b: Path) -> None:
+    x, y = load_artifact(a), load_artifact(b)
+    assert sorted(x.tensors) == sorted(y.tensors)
+    for k in x.tensors:
+        assert torch.equal(x[k], y[k]), k
+
+
+def test_torchrun_embed_equals_single_process(digits_dir: Path, embedded: Path, tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
+    proc = subprocess.run([*launcher, "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m",
+                           "vipamin_cli", "embed", *EMBED, "--data", str(digits_dir), "--split", "train",
+                           "--out", str(tmp_path / "dist.safetensors"), "--cache-dir", str(tmp_path / "cache")],
+                          env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == str(tmp_path / "dist.safetensors")  # printed once, by rank 0
+    single, dist = load_artifact(embedded / "train.safetensors"), load_artifact(tmp_path / "dist.safetensors")
+    assert dist["tokens"].shape[0] == len(dist.meta["samples"]) > 16 * 2  # several batches on each rank
+    _same_tensors(embedded / "train.safetensors", tmp_path / "dist.safetensors")  # same tokens, order, stats
+    assert dist.meta["world_size"] == 2 and "world_size" not in single.meta
+    assert dist.meta["cache_key"] == single.meta["cache_key"]
+    assert dist.meta["digest"] == single.meta["digest"]  # world_size is provenance, outside the digest
+    assert dist.meta["samples"] == single.meta["samples"]
+    cached = list((tmp_path / "cache" / "embeddings").glob("*.safetensors"))
+    assert [c.name for c in cached] == [f"{single.meta['cache_key']}.safetensors"]
+
+
+def test_sharded_sweep_equals_single_process(embedded: Path, single_sweep: Path) -> None:
+    results = _ranks(["tune", "-e", "train.safetensors", "--val-embeddings", "val.safetensors", *SWEEP,
+                      "--out", "dist.safetensors"], [embedded, embedded])
+    assert [r[0] for r in results] == [0, 0], results[0][2] + results[1][2]
+    assert results[0][1].strip() == "dist.safetensors" and results[1][1] == ""
+    _same_tensors(single_sweep, embedded / "dist.safetensors")
+    single, dist = load_artifact(single_sweep).meta, load_artifact(embedded / "dist.safetensors").meta
+    assert dist["selection"] == single["selection"] and dist["world_size"] == 2
+    # 6 configurations in groups of 2: groups 0 and 2 on rank 0, group 1 on rank 1
+    assert [r["rank"] for r in dist["sweep"]["runs"]] == [0, 0, 1, 1, 0, 0]
+    for a, b in zip(single["sweep"]["runs"], dist["sweep"]["runs"], strict=True):
+        assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+        assert a["config"] == b["config"]
+    assert not list(embedded.glob("dist*.partial.safetensors"))
+
+
+def test_bad_input_on_one_rank_stops_both(embedded: Path, tmp_path: Path) -> None:
+    """Rank 1 runs where train.safetensors does not exist (a node without the file): both ranks end
+    with exit 2 and the one error line, printed once; nothing is written."""
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / "val.safetensors").symlink_to(embedded / "val.safetensors")
+    results = _ranks(["tune", "-e", "train.safetensors", "--val-embeddings", "val.safetensors", *SWEEP,
+                      "--out", str(tmp_path / "bad.safetensors")], [embedded, lonely])
+    assert [r[0] for r in results] == [2, 2]
+    lines = _error_lines(results[0][2])
+    assert len(lines) == 1 and "artifact not found: train.safetensors" in lines[0], results[0][2]
+    assert _error_lines(results[1][2]) == [] and "Traceback" not in results[0][2] + results[1][2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lonely"]
+
+
+def test_interrupted_distributed_tune_resumes_to_the_uninterrupted_result(embedded: Path, single_sweep: Path,
+                                                                          tmp_path: Path) -> None:
+    stopper = tmp_path / "stopper.py"
+    stopper.write_text(STOPPER)
+    args = ["tune", "-e", str(embedded / "train.safetensors"), "--val-embeddings", str(embedded / "val.safetensors"),
+            *SWEEP, "--out", "cut.safetensors"]
+    results = _ranks(args, [tmp_path, tmp_path], entry=[str(stopper)], STOP_RANK="1", STOP_AFTER="2")
+    assert [r[0] for r in results] == [130, 130], results[0][2] + results[1][2]
+    lines = _error_lines(results[0][2])
+    assert len(lines) == 1 and "tune interrupted" in lines[0] and "--resume" in lines[0], results[0][2]
+    assert _error_lines(results[1][2]) == []
+    assert not (tmp_path / "cut.safetensors").exists()
+    kept = {r: load_artifact(tmp_path / f"cut.rank{r}.partial.safetensors").meta for r in (0, 1)}
+    assert kept[0]["done_index"] == [0, 1, 4, 5] and kept[0]["current"] is None  # rank 0 finished its groups
+    assert kept[1]["done_index"] == [] and kept[1]["current"]["states"][0]["epoch"] == 2
+    results = _ranks([*args, "--resume"], [tmp_path, tmp_path])
+    assert [r[0] for r in results] == [0, 0], results[0][2] + results[1][2]
+    _same_tensors(single_sweep, tmp_path / "cut.safetensors")
+    assert not list(tmp_path.glob("*.partial.safetensors"))
+
+
+def test_single_configuration_trains_data_parallel(embedded: Path, tmp_path: Path) -> None:
+    """One grid point: every rank trains it on its half of each batch; the result is the single
+    process's up to float summation order, recorded as trained by all ranks."""
+    args = ["tune", "-e", str(embedded / "train.safetensors"), "--val-embeddings", str(embedded / "val.safetensors"),
+            "--lr", "0.5", *SWEEP[4:]]
+    _single([*args, "--out", "one.safetensors"], tmp_path)
+    results = _ranks([*args, "--out", "dp.safetensors"], [tmp_path, tmp_path])
+    assert [r[0] for r in results] == [0, 0], results[0][2] + results[1][2]
+    one, dp = load_artifact(tmp_path / "one.safetensors"), load_artifact(tmp_path / "dp.safetensors")
+    for k in one.tensors:
+        torch.testing.assert_close(dp[k], one[k], rtol=1e-4, atol=1e-5)
+    assert dp.meta["runs"][0]["rank"] == "all"
+    for a, b in zip(one.meta["runs"][0]["history"], dp.meta["runs"][0]["history"], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
