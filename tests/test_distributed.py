@@ -223,3 +223,40 @@ def test_single_configuration_trains_data_parallel(embedded: Path, tmp_path: Pat
     assert dp.meta["runs"][0]["rank"] == "all"
     for a, b in zip(one.meta["runs"][0]["history"], dp.meta["runs"][0]["history"], strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+
+
+def _without_run_details(obj: object) -> object:
+    """A results.json minus what may differ between runs: timings, cache paths, who trained what."""
+    skip = {"timing", "finished_at", "rank", "world_size", "seconds", "from_cache", "path", "invocations"}
+    if isinstance(obj, dict):
+        return {k: _without_run_details(v) for k, v in obj.items() if k not in skip}
+    if isinstance(obj, list):
+        return [_without_run_details(v) for v in obj]
+    return obj
+
+
+def test_distributed_benchmark_results_equal_single_process(tmp_path_factory: pytest.TempPathFactory,
+                                                            tmp_path: Path) -> None:
+    import json
+
+    from vipamin_cli.testbed.make import make_testbed
+
+    root = tmp_path_factory.mktemp("dist_testbed")
+    make_testbed(root, seed=0, tasks=["mnist"], train_size=16, val_size=8, test_size=12)
+    args = ["benchmark", "--suite", "testbed", "--root", str(root), "--backbone", "vit-tiny-test",
+            "--methods", "random,linear", "--preset", "quick", "--epochs", "1", "--warmup-epochs", "0",
+            "--lr", "0.5,2", "--seeds", "1,2", "-p", "4", "--calib-size", "8", "--device", "cpu", "--grid-batch", "1",
+            "--no-plot", "--out", "bench"]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    _single([*args, "--cache-dir", str(tmp_path / "cache1")], tmp_path / "one")
+    results = _ranks([*args, "--cache-dir", str(tmp_path / "cache2")], [tmp_path / "two"] * 2)
+    assert [r[0] for r in results] == [0, 0], results[0][2] + results[1][2]
+    one = json.loads((tmp_path / "one" / "bench" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "bench" / "results.json").read_text())
+    assert _without_run_details(two) == _without_run_details(one)
+    assert two["invocations"][-1]["world_size"] == 2
+    runs = two["cells"]["mnist/random"]["sweep"]["candidates"][0]["runs"]
+    assert [r["rank"] for r in runs] == [0, 1]  # one configuration per group, a group per rank
+    tables = [(tmp_path / d / "bench" / "table.md").read_text() for d in ("one", "two")]
+    assert tables[0] == tables[1]
