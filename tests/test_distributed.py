@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
 EMBED = ["--backbone", "vit-tiny-test", "--batch-size", "16", "--calib-size", "40", "--sample-images", "6",
          "--device", "cpu"]
-SWEEP = ["--lr", "0.1,0.5,1", "--weight-decay", "0.01,0.001", "--grid-batch", "2", "--epochs", "3",
-         "--warmup-epochs", "1", "--batch-size", "16", "-p", "4", "--device", "cpu", "--compile", "off"]
+SWEEP = ["--lr", "0.1,0.5,1", "--weight-decay", "0.01,0.001", "--grid-batch", "2", "--epochs", "2",
+         "--warmup-epochs", "0", "--batch-size", "16", "-p", "4", "--device", "cpu", "--compile", "off"]
 
 STOPPER = '''
 import os, sys
@@ -69,11 +69,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _single(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "vipamin_cli", *args], cwd=cwd, env=_env(), capture_output=True,
-                          text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr
-    return proc
+def _single(args: list[str], cwd: Path) -> None:
+    """The same command in this process, with one thread like a torchrun worker (no start-up cost)."""
+    import signal
+
+    from vipamin_cli.cli import main
+
+    threads, here = torch.get_num_threads(), Path.cwd()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    torch.set_num_threads(1)
+    os.chdir(cwd)
+    try:
+        assert main(args) == 0
+    finally:
+        os.chdir(here)
+        torch.set_num_threads(threads)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def _ranks(args: list[str], cwds: list[Path], entry: list[str] | None = None,
@@ -182,7 +194,7 @@ def test_interrupted_distributed_tune_resumes_to_the_uninterrupted_result(embedd
     stopper.write_text(STOPPER)
     args = ["tune", "-e", str(embedded / "train.safetensors"), "--val-embeddings", str(embedded / "val.safetensors"),
             *SWEEP, "--out", "cut.safetensors"]
-    results = _ranks(args, [tmp_path, tmp_path], entry=[str(stopper)], STOP_RANK="1", STOP_AFTER="2")
+    results = _ranks(args, [tmp_path, tmp_path], entry=[str(stopper)], STOP_RANK="1", STOP_AFTER="1")
     assert [r[0] for r in results] == [130, 130], results[0][2] + results[1][2]
     lines = _error_lines(results[0][2])
     assert len(lines) == 1 and "tune interrupted" in lines[0] and "--resume" in lines[0], results[0][2]
@@ -190,7 +202,7 @@ def test_interrupted_distributed_tune_resumes_to_the_uninterrupted_result(embedd
     assert not (tmp_path / "cut.safetensors").exists()
     kept = {r: load_artifact(tmp_path / f"cut.rank{r}.partial.safetensors").meta for r in (0, 1)}
     assert kept[0]["done_index"] == [0, 1, 4, 5] and kept[0]["current"] is None  # rank 0 finished its groups
-    assert kept[1]["done_index"] == [] and kept[1]["current"]["states"][0]["epoch"] == 2
+    assert kept[1]["done_index"] == [] and kept[1]["current"]["states"][0]["epoch"] == 1
     results = _ranks([*args, "--resume"], [tmp_path, tmp_path])
     assert [r[0] for r in results] == [0, 0], results[0][2] + results[1][2]
     _same_tensors(single_sweep, tmp_path / "cut.safetensors")
@@ -211,3 +223,40 @@ def test_single_configuration_trains_data_parallel(embedded: Path, tmp_path: Pat
     assert dp.meta["runs"][0]["rank"] == "all"
     for a, b in zip(one.meta["runs"][0]["history"], dp.meta["runs"][0]["history"], strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+
+
+def _without_run_details(obj: object) -> object:
+    """A results.json minus what may differ between runs: timings, cache paths, who trained what."""
+    skip = {"timing", "finished_at", "rank", "world_size", "seconds", "from_cache", "path", "invocations"}
+    if isinstance(obj, dict):
+        return {k: _without_run_details(v) for k, v in obj.items() if k not in skip}
+    if isinstance(obj, list):
+        return [_without_run_details(v) for v in obj]
+    return obj
+
+
+def test_distributed_benchmark_results_equal_single_process(tmp_path_factory: pytest.TempPathFactory,
+                                                            tmp_path: Path) -> None:
+    import json
+
+    from vipamin_cli.testbed.make import make_testbed
+
+    root = tmp_path_factory.mktemp("dist_testbed")
+    make_testbed(root, seed=0, tasks=["mnist"], train_size=16, val_size=8, test_size=12)
+    args = ["benchmark", "--suite", "testbed", "--root", str(root), "--backbone", "vit-tiny-test",
+            "--methods", "random,linear", "--preset", "quick", "--epochs", "1", "--warmup-epochs", "0",
+            "--lr", "0.5,2", "--seeds", "1,2", "-p", "4", "--calib-size", "8", "--device", "cpu", "--grid-batch", "1",
+            "--no-plot", "--out", "bench"]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    _single([*args, "--cache-dir", str(tmp_path / "cache1")], tmp_path / "one")
+    results = _ranks([*args, "--cache-dir", str(tmp_path / "cache2")], [tmp_path / "two"] * 2)
+    assert [r[0] for r in results] == [0, 0], results[0][2] + results[1][2]
+    one = json.loads((tmp_path / "one" / "bench" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "bench" / "results.json").read_text())
+    assert _without_run_details(two) == _without_run_details(one)
+    assert two["invocations"][-1]["world_size"] == 2
+    runs = two["cells"]["mnist/random"]["sweep"]["candidates"][0]["runs"]
+    assert [r["rank"] for r in runs] == [0, 1]  # one configuration per group, a group per rank
+    tables = [(tmp_path / d / "bench" / "table.md").read_text() for d in ("one", "two")]
+    assert tables[0] == tables[1]

@@ -320,7 +320,7 @@ def compute_embeddings(backbone: Backbone, image_set: ImageSet, config: EmbedCon
         workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
     split = distributed.launched()
     first_batch, last_batch = distributed.block(-(-n // config.batch_size)) if split else (0, 0)
-    lo, hi = (first_batch * config.batch_size, min(n, last_batch * config.batch_size)) if split else (0, n)
+    lo, hi = (min(n, first_batch * config.batch_size), min(n, last_batch * config.batch_size)) if split else (0, n)
     dataset = TorchImages(image_set, transform, indices=list(range(lo, hi)) if split else None)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
                         num_workers=workers, pin_memory=device.type == "cuda")

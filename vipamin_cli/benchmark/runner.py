@@ -267,6 +267,11 @@ def _now() -> str:
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:
+    """Atomically; under torchrun rank 0 alone writes (every rank holds the same results)."""
+    from .. import distributed
+
+    if not distributed.is_main():
+        return
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=False))
 
@@ -349,6 +354,10 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
     results["methods"] = list(dict.fromkeys(results["methods"] + methods))
     invocation = {"started": _now(), "preset": spec.preset, "effective_preset": asdict(recipe), "computed": [],
                   "skipped": []}
+    from .. import distributed
+
+    if distributed.launched():
+        invocation["world_size"] = distributed.world_size()
     results["invocations"].append(invocation)
 
     todo: list[tuple[Task, str, dict[str, Any]]] = []
@@ -377,10 +386,13 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
                 embedded[task.name], results["embeddings"][task.name] = _embed_task(task, spec)
             cell_dir = out / "cells" / task.name / method
             sig_file = cell_dir / "signature.json"
-            if cell_dir.exists() and (not sig_file.exists() or json.loads(sig_file.read_text()) != sig):
+            stale = cell_dir.exists() and (not sig_file.exists() or json.loads(sig_file.read_text()) != sig)
+            if stale and distributed.is_main():
                 shutil.rmtree(cell_dir)  # leftovers of a cut-off run with other options
-            cell_dir.mkdir(parents=True, exist_ok=True)
+            if distributed.is_main():
+                cell_dir.mkdir(parents=True, exist_ok=True)
             write_json(sig_file, sig)
+            distributed.sync()  # the cell folder is ready on rank 0 before any rank trains in it
             bar.advance(0, cell=label, step="train")
             cell = run_cell(task, method, embedded[task.name], recipe, cell_dir, device=spec.device,
                             init_grid=spec.init_grid, grid_batch=spec.grid_batch, precision=spec.precision,
@@ -393,5 +405,6 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
             info(f"{label}: test top-1 {s['mean']:.2f} ± {s['std']:.2f} ({cell['timing']['total_s']:.0f} s)")
     invocation["finished"] = _now()
     write_json(results_path, results)
-    write_report(results, out, plot_png=spec.plot)
+    if distributed.is_main():
+        write_report(results, out, plot_png=spec.plot)
     return results
