@@ -145,7 +145,7 @@ def test_torchrun_embed_equals_single_process(digits_dir: Path, embedded: Path, 
                            "--out", str(tmp_path / "dist.safetensors"), "--cache-dir", str(tmp_path / "cache")],
                           env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip() == str(tmp_path / "dist.safetensors")  # printed once, by rank 0
+    assert proc.stdout.strip() == str(tmp_path / "dist.safetensors"), proc.stdout + proc.stderr[-2000:]  # rank 0
     single, dist = load_artifact(embedded / "train.safetensors"), load_artifact(tmp_path / "dist.safetensors")
     assert dist["tokens"].shape[0] == len(dist.meta["samples"]) > 16 * 2  # several batches on each rank
     _same_tensors(embedded / "train.safetensors", tmp_path / "dist.safetensors")  # same tokens, order, stats

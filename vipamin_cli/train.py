@@ -375,82 +375,84 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, ...],
                 param_group["lr"] = lr
         return lrs
 
-    for epoch in range(states[0].epoch, base.epochs):
-        lrs = set_lrs(epoch, 0)
-        orders = [torch.randperm(n, generator=torch.Generator().manual_seed(c.seed * 1_000_003 + epoch))
-                  for c in configs]
-        picks = [view_choice(n, views.shape[1], c.seed, epoch).to(views.device) for c in configs] \
-            if views is not None else None
-        torch.manual_seed(base.seed * 1_000_003 + epoch)  # dropout draws (a solo run: its own seed)
-        for m in models:
-            m.train()
-        start = time.perf_counter()
-        totals = torch.zeros(group, device=device)
-        for step_index, i in enumerate(range(0, used, base.batch_size)):
-            if step_index and base.schedule_step == "iteration":
-                set_lrs(epoch, step_index)
-            idx = [o[i: i + base.batch_size] for o in orders]
-            batch = len(idx[0])
-            if sync is not None:
-                idx = [j[sync.rank::sync.world] for j in idx]
-            for opt in opts:
-                opt.zero_grad(set_to_none=True)
-            if len(idx[0]):
-                if picks is None:
-                    xs = [tokens[j.to(tokens.device)].to(device, non_blocking=True) for j in idx]
-                else:  # each image's drawn view of this epoch
-                    xs = [views[j.to(views.device), pk[j.to(views.device)]].to(device, non_blocking=True)
-                          for j, pk in zip(idx, picks, strict=True)]
-                ys = [labels[j.to(labels.device)].to(device, non_blocking=True) for j in idx]
-                with autocast:
-                    logits = grid_forward(models, xs) if group > 1 else [models[0](xs[0])]
-                losses = torch.stack([loss_fn(lg.float(), y) for lg, y in zip(logits, ys, strict=True)])
+    try:
+        for epoch in range(states[0].epoch, base.epochs):
+            lrs = set_lrs(epoch, 0)
+            orders = [torch.randperm(n, generator=torch.Generator().manual_seed(c.seed * 1_000_003 + epoch))
+                      for c in configs]
+            picks = [view_choice(n, views.shape[1], c.seed, epoch).to(views.device) for c in configs] \
+                if views is not None else None
+            torch.manual_seed(base.seed * 1_000_003 + epoch)  # dropout draws (a solo run: its own seed)
+            for m in models:
+                m.train()
+            start = time.perf_counter()
+            totals = torch.zeros(group, device=device)
+            for step_index, i in enumerate(range(0, used, base.batch_size)):
+                if step_index and base.schedule_step == "iteration":
+                    set_lrs(epoch, step_index)
+                idx = [o[i: i + base.batch_size] for o in orders]
+                batch = len(idx[0])
                 if sync is not None:
-                    losses = losses * (len(idx[0]) / batch)  # this rank's share of the batch mean
-                losses.sum().backward()
-            else:  # a rank with no image of this (last, small) batch adds nothing
-                losses = torch.zeros(group, device=device)
-            if sync is not None:
-                losses = sync.all_reduce(losses.detach())
-            for m, opt, ok in zip(models, opts, alive, strict=True):
-                if ok:
-                    opt.step()
+                    idx = [j[sync.rank::sync.world] for j in idx]
+                for opt in opts:
+                    opt.zero_grad(set_to_none=True)
+                if len(idx[0]):
+                    if picks is None:
+                        xs = [tokens[j.to(tokens.device)].to(device, non_blocking=True) for j in idx]
+                    else:  # each image's drawn view of this epoch
+                        xs = [views[j.to(views.device), pk[j.to(views.device)]].to(device, non_blocking=True)
+                              for j, pk in zip(idx, picks, strict=True)]
+                    ys = [labels[j.to(labels.device)].to(device, non_blocking=True) for j in idx]
+                    with autocast:
+                        logits = grid_forward(models, xs) if group > 1 else [models[0](xs[0])]
+                    losses = torch.stack([loss_fn(lg.float(), y) for lg, y in zip(logits, ys, strict=True)])
+                    if sync is not None:
+                        losses = losses * (len(idx[0]) / batch)  # this rank's share of the batch mean
+                    losses.sum().backward()
+                else:  # a rank with no image of this (last, small) batch adds nothing
+                    losses = torch.zeros(group, device=device)
+                if sync is not None:
+                    losses = sync.all_reduce(losses.detach())
+                for m, opt, ok in zip(models, opts, alive, strict=True):
+                    if ok:
+                        opt.step()
+                        if m.ema is not None:
+                            m.ema.update()
+                totals += losses.detach() * batch
+                if on_step is not None:
+                    on_step(len(idx[0]), losses.detach())
+            mean_losses = (totals / used).tolist()  # one host sync per epoch
+            seconds = time.perf_counter() - start
+            for g, (m, c, st) in enumerate(zip(models, configs, states, strict=True)):
+                record: dict[str, Any] = {"epoch": epoch + 1, "lr": lrs[g], "loss": mean_losses[g], "seconds": seconds}
+                finite = math.isfinite(mean_losses[g]) and all(
+                    bool(torch.isfinite(p).all()) for p in m.parameters() if p.requires_grad)
+                if alive[g] and not finite:
+                    if not tolerate_divergence:
+                        raise RuntimeFailure(f"the training loss became nan in epoch {epoch + 1} (lr {lrs[g]:.3g}, "
+                                             f"base lr {c.lr})", "lower --lr; the last good checkpoint is kept")
+                    alive[g] = False
+                if not alive[g]:
+                    record.update(diverged=True, loss=float("nan"))
+                    if val is not None:
+                        record["val_top1"] = 0.0
+                elif val is not None and ((epoch + 1) % c.val_every == 0 or epoch + 1 == c.epochs):
                     if m.ema is not None:
-                        m.ema.update()
-            totals += losses.detach() * batch
-            if on_step is not None:
-                on_step(len(idx[0]), losses.detach())
-        mean_losses = (totals / used).tolist()  # one host sync per epoch
-        seconds = time.perf_counter() - start
-        for g, (m, c, st) in enumerate(zip(models, configs, states, strict=True)):
-            record: dict[str, Any] = {"epoch": epoch + 1, "lr": lrs[g], "loss": mean_losses[g], "seconds": seconds}
-            finite = math.isfinite(mean_losses[g]) and all(
-                bool(torch.isfinite(p).all()) for p in m.parameters() if p.requires_grad)
-            if alive[g] and not finite:
-                if not tolerate_divergence:
-                    raise RuntimeFailure(f"the training loss became nan in epoch {epoch + 1} (lr {lrs[g]:.3g}, "
-                                         f"base lr {c.lr})", "lower --lr; the last good checkpoint is kept")
-                alive[g] = False
-            if not alive[g]:
-                record.update(diverged=True, loss=float("nan"))
-                if val is not None:
-                    record["val_top1"] = 0.0
-            elif val is not None and ((epoch + 1) % c.val_every == 0 or epoch + 1 == c.epochs):
-                if m.ema is not None:
-                    m.ema.swap()
-                record["val_top1"] = top1(predict(m, val[0], device), val[1])
-                if m.ema is not None:
-                    m.ema.swap()
-                if st.best is None or record["val_top1"] > st.best["val_top1"]:
-                    st.best = {"epoch": epoch + 1, "val_top1": record["val_top1"]}
-            st.history.append(record)
-            st.epoch = epoch + 1
-        if tolerate_divergence and not any(alive):
-            raise RuntimeFailure(f"every configuration diverged by epoch {epoch + 1}", "lower the --lr values")
-        if on_epoch is not None:
-            on_epoch(models, opts, states)
-    if sync is not None:
-        sync.close()
+                        m.ema.swap()
+                    record["val_top1"] = top1(predict(m, val[0], device), val[1])
+                    if m.ema is not None:
+                        m.ema.swap()
+                    if st.best is None or record["val_top1"] > st.best["val_top1"]:
+                        st.best = {"epoch": epoch + 1, "val_top1": record["val_top1"]}
+                st.history.append(record)
+                st.epoch = epoch + 1
+            if tolerate_divergence and not any(alive):
+                raise RuntimeFailure(f"every configuration diverged by epoch {epoch + 1}", "lower the --lr values")
+            if on_epoch is not None:
+                on_epoch(models, opts, states)
+    finally:  # the data-parallel signal handlers never outlive training
+        if sync is not None:
+            sync.close()
     return states
 
 
