@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: venv demo test lint bench clean testbed-backbone testbed benchmark-testbed
+.PHONY: venv demo demo-pipeline test lint bench clean testbed-backbone testbed benchmark-testbed
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## demo: the whole pipeline on real handwritten digits with the built-in tiny backbone (offline)
-demo: $(STAMP)
-	$(BIN)/vipamin demo --out demo-out
+## demo: a short benchmark on 2 testbed tasks with the built-in MAE backbone: VPT random init vs
+## VIPAMIN vs a linear probe, 3 seeds, printed as the papers' table (offline, about 5 min on 2 CPU cores)
+demo: testbed/manifest.json
+	$(BIN)/vipamin benchmark --suite testbed --root testbed --backbone mae-vit-tiny-mnist \
+		--methods random,vipamin,linear --tasks mnist,count --preset demo --out demo-out
+
+## demo-pipeline: embed, init, tune, eval one by one on scikit-learn's digits (vit-tiny-test)
+demo-pipeline: $(STAMP)
+	$(BIN)/vipamin demo --out demo-pipeline-out
 
 ## test: the full test suite (CPU, a few minutes)
 test: $(STAMP)
@@ -40,14 +46,16 @@ testbed-backbone: $(STAMP)
 		--out testbed-backbone/mae-vit-tiny-mnist.safetensors --log testbed-backbone/loss.csv
 	sha256sum testbed-backbone/mae-vit-tiny-mnist.safetensors
 
-## testbed: write the mini-VTAB testbed (8 tasks) to ./testbed
-testbed: $(STAMP)
+## testbed: write the mini-VTAB testbed (8 tasks) to ./testbed (about 10 s)
+testbed: testbed/manifest.json
+testbed/manifest.json: $(STAMP)
 	$(BIN)/vipamin data make-testbed testbed --seed 0
 
-## benchmark-testbed: every method on all 8 testbed tasks with mae-vit-tiny-mnist (quick preset; hours on 2 CPU cores)
-benchmark-testbed: testbed
+## benchmark-testbed: every method on all 8 testbed tasks with mae-vit-tiny-mnist (testbed preset;
+## see docs/benchmark.md for its time on 2 CPU cores); resumable: a second run skips finished cells
+benchmark-testbed: testbed/manifest.json
 	$(BIN)/vipamin benchmark --suite testbed --root testbed --backbone mae-vit-tiny-mnist \
-		--methods random,spt,vipamin,vapt,linear --preset quick --out benchmark-testbed
+		--methods random,spt,vipamin,vapt,linear --preset testbed --out benchmark-testbed
 
 clean:
-	rm -rf demo-out bench-results.json .pytest_cache benchmark-testbed
+	rm -rf demo-out demo-pipeline-out bench-results.json .pytest_cache benchmark-testbed

@@ -554,7 +554,8 @@ def benchmark(
     tasks: Annotated[str | None, typer.Option("--tasks", help="Comma list of task names (default: all). E.g. "
                                               "--tasks dtd,eurosat.")] = None,
     preset: Annotated[str, typer.Option("--preset", help="paper (the VIPAMIN code's protocol: 100 epochs, 7 lrs, "
-                                        "3 final seeds) | quick (20 epochs, 3 lrs). E.g. --preset quick.")] = "paper",
+                                        "3 final seeds) | quick (20 epochs, 3 lrs) | testbed (5 epochs, 2 lrs) | "
+                                        "demo (3 epochs, 1 lr). E.g. --preset quick.")] = "paper",
     epochs: Annotated[int | None, typer.Option("--epochs", help="Override the preset's epochs. E.g. --epochs 10.")]
     = None,
     warmup_epochs: Annotated[int | None, typer.Option("--warmup-epochs", help="Override the warm-up epochs. E.g. "

@@ -40,8 +40,8 @@ INIT_GRID_KEYS = ("k", "lam")  # VIPAMIN hyperparameters a benchmark may sweep
 class Preset:
     """The training protocol every cell shares (tune options given to `benchmark` override it).
 
-    ``paper`` is the VIPAMIN code's protocol (the ``vipamin`` recipe of `vipamin recipes`); ``quick``
-    is short enough for the offline testbed on a CPU."""
+    ``paper`` is the VIPAMIN code's protocol (the ``vipamin`` recipe of `vipamin recipes`); ``quick``,
+    ``testbed`` and ``demo`` are shortened protocols for the offline testbed on a CPU."""
 
     epochs: int = 100
     warmup_epochs: int = 10
@@ -58,8 +58,12 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # VIPAMIN's code (from VPT): AdamW, batch 32, lr grid x 32/256, 100 epochs, seeds 42/44/82.
     "paper": Preset(),
-    # Short enough for the offline testbed on a 2-core CPU.
+    # A shortened protocol (a full testbed run is hours on a 2-core CPU).
     "quick": Preset(epochs=20, warmup_epochs=2, lrs=(0.25, 1.0, 2.5), prompt_length=10),
+    # `make benchmark-testbed`: every method on the 8 testbed tasks in about 1.5 h on a 2-core CPU.
+    "testbed": Preset(epochs=5, warmup_epochs=1, lrs=(0.5, 2.0), prompt_length=10),
+    # `make demo`: two testbed tasks in a few minutes (one lr, so no sweep; three final seeds).
+    "demo": Preset(epochs=3, warmup_epochs=1, lrs=(1.0,), prompt_length=10),
 }
 
 
