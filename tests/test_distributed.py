@@ -28,7 +28,7 @@ SWEEP = ["--lr", "0.1,0.5,1", "--weight-decay", "0.01,0.001", "--grid-batch", "2
          "--warmup-epochs", "0", "--batch-size", "16", "-p", "4", "--device", "cpu", "--compile", "off"]
 
 STOPPER = '''
-import os, sys
+import os
 import vipamin_cli.tune as tune
 
 _train_group, _epochs = tune.train_group, {"n": 0}
@@ -49,9 +49,9 @@ def train_group(*args, **kwargs):
 
 
 tune.train_group = train_group
-from vipamin_cli.cli import main
+from vipamin_cli.__main__ import run
 
-sys.exit(main(sys.argv[1:]))
+run()
 '''
 
 
@@ -59,7 +59,7 @@ def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                               "MASTER_PORT")}
     env.update(PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
-               VIPAMIN_QUIET="1", **extra)
+               VIPAMIN_QUIET="1", PYTHONFAULTHANDLER="1", **extra)  # a crashed rank shows its Python stack
     return env
 
 

@@ -6,7 +6,7 @@ from .cli import main
 
 
 def run() -> None:
-    sys.exit(main())
+    sys.exit(main(end_process=True))
 
 
 if __name__ == "__main__":

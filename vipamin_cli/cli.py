@@ -765,11 +765,13 @@ def threading_is_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, end_process: bool = False) -> int:
     """Console entry point: usage errors (unknown option, bad value) become one line too.
 
     Under torchrun (WORLD_SIZE > 1) the process group is joined once here; ranks other than 0 keep
     stdout and progress quiet, and every rank ends with the same exit code (see distributed.py).
+    ``end_process`` (the `vipamin` script and ``python -m vipamin_cli``) ends a torchrun worker with
+    :func:`distributed.end_process` once every rank agreed on the exit code, instead of returning.
     """
     from . import distributed
 
@@ -790,9 +792,13 @@ def main(argv: list[str] | None = None) -> int:
         if not distributed.agreed():  # a rank that finished must still hear of a late failure elsewhere
             codes = _final_codes(code)
             code = next((c for c in codes if c), 0)
-        return code
-    finally:
+    except BaseException:
         distributed.shutdown()
+        raise
+    if end_process:
+        distributed.end_process(code)
+    distributed.shutdown()
+    return code
 
 
 def _final_codes(code: int) -> list[int]:

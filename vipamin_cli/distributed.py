@@ -15,6 +15,7 @@ torch.distributed is imported only when launched, so a single process pays nothi
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, TypeVar
 
 from .errors import VipaminError
@@ -73,6 +74,25 @@ def shutdown() -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def end_process(code: int) -> None:
+    """End this torchrun worker now with ``code``: flush stdout/stderr, then ``os._exit``.
+
+    Every rank has already agreed on the exit code (the last collective), so nothing is in flight.
+    Tearing the process group down in the destructors instead (``destroy_process_group``, then the
+    interpreter's exit) races with the peers' own teardown: twice (once in CI, once locally, each in
+    a full test-suite run) a gloo rank aborted there with SIGABRT ("terminate called without an
+    active exception") after its work was written. Every file is written atomically before this
+    point, so skipping the interpreter's exit loses nothing.
+    """
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def shard(items: list[T], rank_: int | None = None, world: int | None = None) -> list[T]:
