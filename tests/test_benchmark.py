@@ -153,5 +153,7 @@ def test_benchmark_cell_signature_without_recipe_is_unchanged(tiny_testbed) -> N
             "task", "method", "backbone", "weights", "preset", "init_grid", "calib_size"}
     spec = BenchmarkSpec(suite="testbed", root=tiny_testbed, backbone="vit-tiny-test", out="o", recipe="own")
     preset, cells = protocols(spec, ["vipamin"])
-    assert preset is None and set(cell_signature(task, "vipamin", preset, spec, cells["vipamin"])) == {
+    sig = cell_signature(task, "vipamin", preset, spec, cells["vipamin"])
+    assert preset is None and set(sig) == {
         "task", "method", "backbone", "weights", "recipe", "cell_recipe", "protocol", "calib_size"}
+    assert json.loads(json.dumps(sig)) == sig  # the cell folder's signature.json reads back equal: resumable
