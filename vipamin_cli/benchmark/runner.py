@@ -112,10 +112,6 @@ def _preset_init_grid(method: str, init_grid: dict[str, list[Any]]) -> tuple[dic
     return tuple(dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())) or ({},)
 
 
-def _init_configs(method: str, recipe: Preset, init_grid: dict[str, list[Any]], device: str) -> list[Any]:
-    return preset_protocol(method, recipe, init_grid).init_configs(device)
-
-
 def _base_config(method: str, recipe: Preset) -> Any:
     from ..train import TuneConfig
 
