@@ -65,8 +65,95 @@ def test_benchmark_bad_input(tiny_testbed, tmp_path, cli) -> None:
     for extra, text in ((["--suite", "nope"], "unknown --suite 'nope'"),
                         (["--tasks", "mnist,absent"], "unknown task(s) absent"),
                         (["--methods", "random,magic"], "unknown --methods magic"),
-                        (["--preset", "slow"], "unknown --preset 'slow'")):
+                        (["--preset", "slow"], "unknown --preset 'slow'"),
+                        (["--recipe", "nope"], "unknown --recipe 'nope'; use one of vipamin, vpt, spt, vapt, own"),
+                        (["--recipe", "vpt"], "--preset quick and --recipe vpt cannot be combined")):
         code, _, stderr = cli(*_args(tiny_testbed, tmp_path / "o", *extra))
         assert code == 2 and stderr.count("\n") == 1 and text in stderr, (extra, stderr)
     code, _, stderr = cli(*_args(tmp_path / "missing", tmp_path / "o"))
     assert code == 2 and "is not a directory" in stderr
+
+
+def _recipe_args(root: Path, out: Path, recipe: str, methods: str, *extra: str) -> list[str]:
+    return ["benchmark", "--suite", "testbed", "--root", str(root), "--backbone", "vit-tiny-test", "--tasks", "mnist",
+            "--methods", methods, "--recipe", recipe, "--epochs", "1", "--lr", "0.5", "--seeds", "1", "-p", "4",
+            "--calib-size", "8", "--device", "cpu", "--no-plot", "--out", str(out), *extra]
+
+
+def test_benchmark_recipe_own_gives_each_method_its_papers_recipe(tiny_testbed, tmp_path, cli, monkeypatch) -> None:
+    from dataclasses import replace
+
+    from vipamin_cli import recipes
+    from vipamin_cli.recipes import get_recipe
+
+    # the tiny backbone has 16 patch positions: VIPAMIN's grid (K up to 128) cut to K <= 8, two points
+    vipamin = recipes.RECIPES["vipamin"]
+    monkeypatch.setitem(recipes.RECIPES, "vipamin", replace(vipamin, init_grid=replace(
+        vipamin.init_grid, value=({"k": 2, "lam": 0.0}, {"k": 8, "lam": 1.0}))))
+    out = tmp_path / "own"
+    code, _, stderr = cli(*_recipe_args(tiny_testbed, out, "own", "random,vipamin"))
+    assert code == 0, stderr
+    results = json.loads((out / "results.json").read_text())
+    invocation = results["invocations"][-1]
+    assert invocation["recipe"] == "own" and invocation["preset"] is None
+    assert invocation["cell_recipes"] == {"random": "vpt", "vipamin": "vipamin"}
+    for method, recipe, optimizer in (("random", "vpt", "sgd"), ("vipamin", "vipamin", "adamw")):
+        cell = results["cells"][f"mnist/{method}"]
+        r = get_recipe(recipe)
+        assert cell["protocol"]["recipe"] == recipe and cell["signature"]["cell_recipe"] == recipe
+        values = cell["protocol"]["values"]
+        assert values["epochs"] == {"value": 1, "source": "option"}  # the override, in every cell
+        assert values["optimizer"] == {"value": optimizer, "source": r.config["optimizer"].source}
+        sweep_runs = [run for c in cell["sweep"]["candidates"] for run in c["runs"]]
+        for run in sweep_runs + cell["final"]["runs"]:
+            cfg = run["config"]
+            assert (cfg["optimizer"], cfg["recipe"], cfg["epochs"], cfg["lr"]) == (optimizer, recipe, 1, 0.5), method
+            assert cfg["batch_size"] == r.config["batch_size"].value and len(run["history"]) == 1
+        assert [run["seed"] for run in cell["final"]["runs"]] == [1]
+        # not overridden: the recipe's weight-decay grid (VPT's 4 values) and, for vipamin, its init grid
+        assert sorted({run["config"]["weight_decay"] for run in sweep_runs}) == sorted(r.weight_decays.value)
+    grid = [(c["init"]["k"], c["init"]["lam"]) for c in results["cells"]["mnist/vipamin"]["sweep"]["candidates"]]
+    assert grid == [(g["k"], g["lam"]) for g in get_recipe("vipamin").init_grid.value]
+    assert len(results["cells"]["mnist/random"]["sweep"]["candidates"]) == 1
+
+
+def test_benchmark_named_recipe_reaches_the_cell_and_a_changed_recipe_is_refused(tiny_testbed, tmp_path,
+                                                                                  cli) -> None:
+    from vipamin_cli.recipes import get_recipe
+
+    out = tmp_path / "vpt"
+    code, _, stderr = cli(*_recipe_args(tiny_testbed, out, "vpt", "linear"))
+    assert code == 0, stderr
+    cell = json.loads((out / "results.json").read_text())["cells"]["mnist/linear"]
+    vpt = get_recipe("vpt")
+    runs = cell["sweep"]["candidates"][0]["runs"]
+    assert [r["config"]["weight_decay"] for r in runs] == list(vpt.weight_decays.value)
+    assert {(r["config"]["batch_size"], r["config"]["optimizer"]) for r in runs + cell["final"]["runs"]} == {
+        (vpt.config["batch_size"].value, "sgd")}
+    assert cell["protocol"]["values"]["weight_decays"]["source"] == vpt.weight_decays.source
+    assert cell["signature"]["recipe"] == "vpt" and "preset" not in cell["signature"]
+    code, _, stderr = cli(*_recipe_args(tiny_testbed, out, "vpt", "linear"))  # same recipe: skipped
+    assert code == 0, stderr
+    assert json.loads((out / "results.json").read_text())["invocations"][-1]["skipped"] == ["mnist/linear"]
+    for args in (_recipe_args(tiny_testbed, out, "vapt", "linear"),
+                 [a for a in _recipe_args(tiny_testbed, out, "vpt", "linear") if a not in ("--recipe", "vpt")]):
+        code, _, stderr = cli(*args)
+        assert code == 2 and "cell mnist/linear" in stderr and "was run with other options" in stderr, stderr
+
+
+def test_benchmark_cell_signature_without_recipe_is_unchanged(tiny_testbed) -> None:
+    from vipamin_cli.benchmark.runner import BenchmarkSpec, cell_signature, protocols
+    from vipamin_cli.benchmark.suites import resolve_suite
+
+    task = resolve_suite("testbed", tiny_testbed, ["mnist"]).tasks[0]
+    spec = BenchmarkSpec(suite="testbed", root=tiny_testbed, backbone="vit-tiny-test", out="o", preset="quick")
+    preset, cells = protocols(spec, ["random", "vipamin"])
+    for method in ("random", "vipamin"):
+        assert set(cell_signature(task, method, preset, spec, cells[method])) == {
+            "task", "method", "backbone", "weights", "preset", "init_grid", "calib_size"}
+    spec = BenchmarkSpec(suite="testbed", root=tiny_testbed, backbone="vit-tiny-test", out="o", recipe="own")
+    preset, cells = protocols(spec, ["vipamin"])
+    sig = cell_signature(task, "vipamin", preset, spec, cells["vipamin"])
+    assert preset is None and set(sig) == {
+        "task", "method", "backbone", "weights", "recipe", "cell_recipe", "protocol", "calib_size"}
+    assert json.loads(json.dumps(sig)) == sig  # the cell folder's signature.json reads back equal: resumable

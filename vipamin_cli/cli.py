@@ -553,11 +553,19 @@ def benchmark(
                                          "E.g. --methods random,vipamin,linear.")] = "random,spt,vipamin,vapt,linear",
     tasks: Annotated[str | None, typer.Option("--tasks", help="Comma list of task names (default: all). E.g. "
                                               "--tasks dtd,eurosat.")] = None,
-    preset: Annotated[str, typer.Option("--preset", help="paper (the VIPAMIN code's protocol: 100 epochs, 7 lrs, "
-                                        "3 final seeds) | quick (20 epochs, 3 lrs) | testbed (5 epochs, 2 lrs) | "
-                                        "demo (3 epochs, 1 lr). E.g. --preset quick.")] = "paper",
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Override the preset's epochs. E.g. --epochs 10.")]
-    = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="paper (the VIPAMIN code's protocol: 100 epochs, 7 "
+                                               "lrs, 3 final seeds) | quick (20 epochs, 3 lrs) | testbed (5 epochs, "
+                                               "2 lrs) | demo (3 epochs, 1 lr). Default paper; not with --recipe. "
+                                               "E.g. --preset quick.")] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", help="Train every cell with named recipes instead of a "
+                                               "preset: vipamin | vpt | spt | vapt (that paper's protocol in every "
+                                               "cell, see `vipamin recipes`) | own (each method its paper's: random "
+                                               "vpt, spt spt, vipamin vipamin, vapt vapt; linear vipamin's "
+                                               "schedule). --epochs, --warmup-epochs, --batch-size, --lr, "
+                                               "--weight-decay, --seeds and -p override it; --preset with it is "
+                                               "refused. E.g. --recipe own.")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Override the preset's (or recipe's) epochs. E.g. "
+                                               "--epochs 10.")] = None,
     warmup_epochs: Annotated[int | None, typer.Option("--warmup-epochs", help="Override the warm-up epochs. E.g. "
                                                       "--warmup-epochs 1.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Override the batch size. E.g. "
@@ -591,7 +599,7 @@ def benchmark(
     spec = BenchmarkSpec(suite=suite, root=root, backbone=backbone, out=out, weights=weights,
                          methods=tuple(_strings(methods, "--methods")),
                          tasks=_strings(tasks, "--tasks") if tasks is not None else None, preset=preset,
-                         overrides=overrides, device=device, cache_dir=cache_dir, calib_size=calib_size,
+                         recipe=recipe, overrides=overrides, device=device, cache_dir=cache_dir, calib_size=calib_size,
                          grid_batch=grid_batch, plot=plot_png)
     typer.echo(markdown_table(run_benchmark(spec)), nl=False)
 

@@ -24,15 +24,10 @@ from typing import Any
 
 from ..artifacts import atomic_path
 from ..errors import InputError
+from .protocol import METHOD_SETUP, METHODS, CellProtocol, cell_recipe, check_recipe, recipe_protocol
 from .suites import Suite, Task, resolve_suite
 
 RESULTS_SCHEMA = 1
-METHODS = ("random", "spt", "vipamin", "vapt", "linear")
-# method -> (prompt architecture, init of the static prompts); linear has neither.
-METHOD_SETUP: dict[str, tuple[str | None, str | None]] = {
-    "random": ("vpt-shallow", "random"), "spt": ("vpt-shallow", "spt"), "vipamin": ("vpt-shallow", "vipamin"),
-    "vapt": ("vapt", "random"), "linear": (None, None),
-}
 INIT_GRID_KEYS = ("k", "lam")  # VIPAMIN hyperparameters a benchmark may sweep
 
 
@@ -95,8 +90,9 @@ class BenchmarkSpec:
     weights: str | None = None
     methods: tuple[str, ...] = METHODS
     tasks: list[str] | None = None
-    preset: str = "paper"
-    overrides: dict[str, Any] = field(default_factory=dict)  # Preset fields
+    preset: str | None = None  # None: paper, unless a recipe is given (the two are alternatives)
+    recipe: str | None = None  # vipamin | vpt | spt | vapt | own: every cell's protocol from the named recipes
+    overrides: dict[str, Any] = field(default_factory=dict)  # Preset fields; they override a preset or a recipe
     init_grid: dict[str, list[Any]] = field(default_factory=dict)  # VIPAMIN: {"lam": [...], "k": [...]}
     device: str = "auto"
     cache_dir: str | os.PathLike | None = None
@@ -111,13 +107,9 @@ def _digest(obj: Any) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True).encode(), digest_size=12).hexdigest()
 
 
-def _init_configs(method: str, recipe: Preset, init_grid: dict[str, list[Any]], device: str) -> list[Any]:
-    from ..inits import InitConfig
-
-    init_method = METHOD_SETUP[method][1]
-    grid = {k: v for k, v in init_grid.items() if v} if init_method == "vipamin" else {}
-    combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())] or [{}]
-    return [InitConfig(method=init_method, prompt_length=recipe.prompt_length, device=device, **c) for c in combos]
+def _preset_init_grid(method: str, init_grid: dict[str, list[Any]]) -> tuple[dict[str, Any], ...]:
+    grid = {k: v for k, v in init_grid.items() if v} if METHOD_SETUP[method][1] == "vipamin" else {}
+    return tuple(dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())) or ({},)
 
 
 def _base_config(method: str, recipe: Preset) -> Any:
@@ -129,18 +121,55 @@ def _base_config(method: str, recipe: Preset) -> Any:
                       seed=recipe.seeds[0])
 
 
-def cell_units(method: str, recipe: Preset, init_grid: dict[str, list[Any]], grid_batch: int | None) -> int:
+def preset_protocol(method: str, recipe: Preset, init_grid: dict[str, list[Any]] | None = None) -> CellProtocol:
+    """A cell's protocol from a preset (no --recipe): the preset's plain values, every cell alike."""
+    return CellProtocol(method=method, base=_base_config(method, recipe), lrs=tuple(recipe.lrs),
+                        weight_decays=tuple(recipe.weight_decays), sweep_seeds=tuple(recipe.sweep_seeds),
+                        seeds=tuple(recipe.seeds), init_grid=_preset_init_grid(method, init_grid or {}),
+                        prompt_length=recipe.prompt_length)
+
+
+def _as_protocol(method: str, recipe: Preset | CellProtocol, init_grid: dict[str, list[Any]] | None) -> CellProtocol:
+    return recipe if isinstance(recipe, CellProtocol) else preset_protocol(method, recipe, init_grid)
+
+
+def _backbone_family(backbone: str) -> str:
+    from ..backbones import resolve_spec
+
+    return resolve_spec(backbone).family
+
+
+def protocols(spec: BenchmarkSpec, methods: list[str]) -> tuple[Preset | None, dict[str, CellProtocol]]:
+    """Every method's protocol for ``spec``: from its preset (the preset is returned too: the
+    signature of a preset cell holds it) or, with ``spec.recipe``, from the named recipes."""
+    if spec.recipe is None:
+        preset = resolve_preset(spec.preset or "paper", spec.overrides)
+        return preset, {m: preset_protocol(m, preset, spec.init_grid) for m in methods}
+    check_recipe(spec.recipe)
+    if spec.preset is not None:
+        raise InputError(f"--preset {spec.preset} and --recipe {spec.recipe} cannot be combined",
+                         "a recipe replaces the preset's protocol: drop --preset and override the recipe with "
+                         "--epochs, --lr, --seeds, ...")
+    family = _backbone_family(spec.backbone) if any(
+        cell_recipe(spec.recipe, m) == "spt" for m in methods) else ""
+    return None, {m: recipe_protocol(m, spec.recipe, spec.overrides, spec.init_grid, family) for m in methods}
+
+
+def cell_units(method: str, recipe: Preset | CellProtocol, init_grid: dict[str, list[Any]],
+               grid_batch: int | None) -> int:
     """Progress units of a cell: one per training-loop epoch (a grid-batched group counts once)."""
-    sweep = len(recipe.lrs) * len(recipe.weight_decays) * len(recipe.sweep_seeds)
-    if method == "linear":
-        return (sweep + len(recipe.seeds)) * recipe.epochs
-    gb = grid_batch or 10**9
-    inits = len(_init_configs(method, recipe, init_grid, "cpu"))
-    return (inits * -(-sweep // min(gb, sweep)) + -(-len(recipe.seeds) // min(gb, len(recipe.seeds)))) * recipe.epochs
+    return _as_protocol(method, recipe, init_grid).units(grid_batch)
 
 
-def cell_signature(task: Task, method: str, recipe: Preset, spec: BenchmarkSpec) -> dict[str, Any]:
-    """What determines a cell's numbers: a finished cell is reused only when this is unchanged."""
+def cell_signature(task: Task, method: str, recipe: Preset | None, spec: BenchmarkSpec,
+                   protocol: CellProtocol | None = None) -> dict[str, Any]:
+    """What determines a cell's numbers: a finished cell is reused only when this is unchanged.
+    A preset cell: the preset and the init grid; a recipe cell: the recipe and the resolved protocol."""
+    if protocol is not None and protocol.recipe is not None:
+        return {"task": task.describe(), "method": method, "backbone": spec.backbone, "weights": spec.weights,
+                "recipe": spec.recipe, "cell_recipe": protocol.recipe, "protocol": protocol.describe(),
+                "calib_size": spec.calib_size}
+    assert recipe is not None
     grid = {k: v for k, v in spec.init_grid.items() if v} if METHOD_SETUP[method][1] == "vipamin" else {}
     return {"task": task.describe(), "method": method, "backbone": spec.backbone, "weights": spec.weights,
             "preset": asdict(recipe), "init_grid": grid, "calib_size": spec.calib_size}
@@ -169,14 +198,17 @@ def _tune_step(inputs: Any, base: Any, lrs: list[float], wds: list[float], seeds
     return outcome.sweep
 
 
-def run_cell(task: Task, method: str, embeddings: dict[str, Path], recipe: Preset, cell_dir: str | os.PathLike,
+def run_cell(task: Task, method: str, embeddings: dict[str, Path], recipe: Preset | CellProtocol,
+             cell_dir: str | os.PathLike,
              device: str = "auto", init_grid: dict[str, list[Any]] | None = None, grid_batch: int | None = None,
              precision: str = "auto", on_epoch: Any = None) -> dict[str, Any]:
     """One table cell: sweep + select on (sweep_train, sweep_val), final runs on final_train, test top-1.
 
-    ``embeddings`` maps the task's split names to cached embeddings files. Composed from tune()
-    calls (one per init candidate for the sweep, one for the final seeds), so it can later use
-    tune's own final-split mode without changing the cell's record.
+    ``embeddings`` maps the task's split names to cached embeddings files; ``recipe`` is a preset
+    (with ``init_grid``) or a resolved :class:`CellProtocol` (a recipe cell also records its
+    ``protocol``: every value with its source). Composed from tune() calls (one per init candidate
+    for the sweep, one for the final seeds), so it can later use tune's own final-split mode
+    without changing the cell's record.
     """
     if method not in METHODS:
         raise InputError(f"unknown method '{method}'", f"use some of {', '.join(METHODS)}")
@@ -184,18 +216,21 @@ def run_cell(task: Task, method: str, embeddings: dict[str, Path], recipe: Prese
     cell_dir.mkdir(parents=True, exist_ok=True)
     tick = on_epoch or (lambda: None)
     started = time.perf_counter()
+    protocol = _as_protocol(method, recipe, init_grid)
+    recorded = {"protocol": {"recipe": protocol.recipe, "values": protocol.resolved}} if protocol.recipe else {}
     if method == "linear":
-        return _linear_cell(task, embeddings, recipe, device, tick, started)
+        return _linear_cell(task, embeddings, protocol, device, tick, started) | recorded
 
     from ..evaluate import evaluate
     from ..tune import TuneInputs
 
-    base = _base_config(method, recipe)
+    base = protocol.base
     candidates = []
-    for j, icfg in enumerate(_init_configs(method, recipe, init_grid or {}, device)):
+    for j, icfg in enumerate(protocol.init_configs(device)):
         inputs = TuneInputs(embeddings=embeddings[task.sweep_train], val_embeddings=embeddings[task.sweep_val],
                             init=icfg)
-        sweep = _tune_step(inputs, base, list(recipe.lrs), list(recipe.weight_decays), list(recipe.sweep_seeds),
+        sweep = _tune_step(inputs, base, list(protocol.lrs), list(protocol.weight_decays),
+                           list(protocol.sweep_seeds),
                            cell_dir / f"sweep{j}.safetensors", device, grid_batch, precision, tick)
         chosen = sweep["chosen"]
         score = statistics.fmean(r["final_val_top1"] for r in sweep["runs"]
@@ -211,7 +246,7 @@ def run_cell(task: Task, method: str, embeddings: dict[str, Path], recipe: Prese
     final_init = InitConfig(**picked["init"])
     inputs = TuneInputs(embeddings=embeddings[task.final_train], init=final_init)
     final = _tune_step(inputs, base, [picked["chosen"]["lr"]], [picked["chosen"]["weight_decay"]],
-                       list(recipe.seeds), cell_dir / "final.safetensors", device, grid_batch, precision, tick)
+                       list(protocol.seeds), cell_dir / "final.safetensors", device, grid_batch, precision, tick)
     final_s = time.perf_counter() - started - sweep_s
     result = evaluate(cell_dir / "final.safetensors", embeddings=embeddings[task.test], device=device)
     eval_s = time.perf_counter() - started - sweep_s - final_s
@@ -226,30 +261,30 @@ def run_cell(task: Task, method: str, embeddings: dict[str, Path], recipe: Prese
             "test": {"split": task.test, "num_samples": result["runs"][0]["num_samples"]},
             "test_top1": _mean_std([r["test_top1"] for r in runs]),
             "timing": {"sweep_s": sweep_s, "final_s": final_s, "eval_s": eval_s,
-                       "total_s": time.perf_counter() - started}}
+                       "total_s": time.perf_counter() - started}} | recorded
 
 
-def _linear_cell(task: Task, embeddings: dict[str, Path], recipe: Preset, device: str, tick: Any,
+def _linear_cell(task: Task, embeddings: dict[str, Path], protocol: CellProtocol, device: str, tick: Any,
                  started: float) -> dict[str, Any]:
     from ..train import top1
     from .linear import linear_sweep, pooled_features, train_linear
 
     feats = {}
     for split in dict.fromkeys((task.sweep_train, task.sweep_val, task.final_train, task.test)):
-        x, y, meta = pooled_features(embeddings[split], device=device)
+        x, y, meta = pooled_features(embeddings[split], pool=protocol.base.pool, device=device)
         feats[split] = (x, y)
         num_classes = len(meta["data"]["class_names"])
     features_s = time.perf_counter() - started
-    base = _base_config("linear", recipe)
-    sweep = linear_sweep(feats[task.sweep_train], feats[task.sweep_val], num_classes, base, list(recipe.lrs),
-                         list(recipe.weight_decays), list(recipe.sweep_seeds), tick)
+    base = protocol.base
+    sweep = linear_sweep(feats[task.sweep_train], feats[task.sweep_val], num_classes, base, list(protocol.lrs),
+                         list(protocol.weight_decays), list(protocol.sweep_seeds), tick)
     sweep_s = time.perf_counter() - started - features_s
     chosen = sweep["chosen"]
     score = statistics.fmean(r["final_val_top1"] for r in sweep["runs"]
                              if (r["config"]["lr"], r["config"]["weight_decay"]) ==
                              (chosen["lr"], chosen["weight_decay"]))
     runs = []
-    for seed in recipe.seeds:
+    for seed in protocol.seeds:
         cfg = replace(base, lr=chosen["lr"], weight_decay=chosen["weight_decay"], seed=seed)
         head, run = train_linear(feats[task.final_train], None, num_classes, cfg, tick)
         with_grad_off = head(feats[task.test][0]).detach()
@@ -337,11 +372,9 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
     from .. import validate as v
     from ..embed import EmbedConfig
 
-    recipe = resolve_preset(spec.preset, spec.overrides)
-    _base_config("random", recipe).validate()
-    for s in (*recipe.seeds, *recipe.sweep_seeds):
-        v.seed(s, "--seeds")
-    v.integer(recipe.prompt_length, "--prompt-length", minimum=1, example=10, optional=True)
+    recipe, cell_protocols = protocols(spec, methods)
+    for protocol in [preset_protocol("random", recipe)] if recipe is not None else cell_protocols.values():
+        protocol.validate()
     v.integer(spec.grid_batch, "--grid-batch", minimum=1, example=4, optional=True)
     EmbedConfig(calib_size=spec.calib_size, device=spec.device).validate()
     if spec.plot:
@@ -356,8 +389,14 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
     for t in suite.tasks:
         results["tasks"][t.name] = t.describe()
     results["methods"] = list(dict.fromkeys(results["methods"] + methods))
-    invocation = {"started": _now(), "preset": spec.preset, "effective_preset": asdict(recipe), "computed": [],
-                  "skipped": []}
+    if recipe is not None:
+        invocation = {"started": _now(), "preset": spec.preset or "paper", "effective_preset": asdict(recipe),
+                      "computed": [], "skipped": []}
+    else:
+        invocation = {"started": _now(), "preset": None, "recipe": spec.recipe,
+                      "cell_recipes": {m: p.recipe for m, p in cell_protocols.items()},
+                      "overrides": {k: v for k, v in spec.overrides.items() if v is not None}, "computed": [],
+                      "skipped": []}
     from .. import distributed
 
     if distributed.launched():
@@ -368,7 +407,7 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
     for task in suite.tasks:
         for method in methods:
             key = f"{task.name}/{method}"
-            sig = cell_signature(task, method, recipe, spec)
+            sig = cell_signature(task, method, recipe, spec, cell_protocols[method])
             done = results["cells"].get(key)
             if done is not None:
                 if done.get("signature_digest") != _digest(sig):
@@ -379,7 +418,7 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
             todo.append((task, method, sig))
     if invocation["skipped"]:
         info(f"benchmark: {len(invocation['skipped'])} finished cell(s) in {results_path} skipped")
-    total = sum(cell_units(m, recipe, spec.init_grid, spec.grid_batch) for _, m, _ in todo)
+    total = sum(cell_protocols[m].units(spec.grid_batch) for _, m, _ in todo)
     write_json(results_path, results)
     embedded: dict[str, dict[str, Path]] = {}
     with progress_bar(f"benchmark {suite.name}", total, spec.show_progress) as bar:
@@ -398,7 +437,7 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
             write_json(sig_file, sig)
             distributed.sync()  # the cell folder is ready on rank 0 before any rank trains in it
             bar.advance(0, cell=label, step="train")
-            cell = run_cell(task, method, embedded[task.name], recipe, cell_dir, device=spec.device,
+            cell = run_cell(task, method, embedded[task.name], cell_protocols[method], cell_dir, device=spec.device,
                             init_grid=spec.init_grid, grid_batch=spec.grid_batch, precision=spec.precision,
                             on_epoch=lambda label=label: bar.advance(1, cell=label, step="train"))
             cell.update(signature=sig, signature_digest=_digest(sig), finished_at=_now())
