@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import statistics
 from pathlib import Path
 
@@ -157,3 +158,29 @@ def test_benchmark_cell_signature_without_recipe_is_unchanged(tiny_testbed) -> N
     assert preset is None and set(sig) == {
         "task", "method", "backbone", "weights", "recipe", "cell_recipe", "protocol", "calib_size"}
     assert json.loads(json.dumps(sig)) == sig  # the cell folder's signature.json reads back equal: resumable
+
+
+def test_benchmark_keeps_a_cut_off_cell_folder_with_the_same_signature(tiny_testbed, tmp_path, cli) -> None:
+    """A cell folder left by a cut-off run resumes (its partial tune state is kept) when the options
+    are the same, and is cleared when they differ."""
+    from vipamin_cli.benchmark.runner import BenchmarkSpec, cell_signature, protocols
+    from vipamin_cli.benchmark.suites import resolve_suite
+
+    out = tmp_path / "cut"
+    args = [a if a != "random,vipamin,linear" else "linear" for a in _args(tiny_testbed, out, "--tasks", "mnist")]
+    task = resolve_suite("testbed", tiny_testbed, ["mnist"]).tasks[0]
+    spec = BenchmarkSpec(suite="testbed", root=tiny_testbed, backbone="vit-tiny-test", out=out, preset="quick",
+                         overrides={"epochs": 1, "warmup_epochs": 0, "lrs": [0.5, 2.0], "seeds": [1, 2],
+                                    "prompt_length": 4}, calib_size=8)
+    preset, cells = protocols(spec, ["linear"])
+    cell_dir = out / "cells" / "mnist" / "linear"
+    for signature, kept in ((cell_signature(task, "linear", preset, spec, cells["linear"]), True),
+                            ({"task": "another"}, False)):
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        (cell_dir / "signature.json").write_text(json.dumps(signature))
+        (cell_dir / "partial-state").write_text("left by the cut-off run")
+        code, _, stderr = cli(*args)
+        assert code == 0, stderr
+        assert (cell_dir / "partial-state").exists() is kept
+        assert json.loads((cell_dir / "signature.json").read_text())["task"] == task.describe()
+        shutil.rmtree(out)

@@ -429,7 +429,8 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
                 embedded[task.name], results["embeddings"][task.name] = _embed_task(task, spec)
             cell_dir = out / "cells" / task.name / method
             sig_file = cell_dir / "signature.json"
-            stale = cell_dir.exists() and (not sig_file.exists() or json.loads(sig_file.read_text()) != sig)
+            stale = cell_dir.exists() and (not sig_file.exists() or  # JSON has no tuples: compare as read back
+                                            json.loads(sig_file.read_text()) != json.loads(json.dumps(sig)))
             if stale and distributed.is_main():
                 shutil.rmtree(cell_dir)  # leftovers of a cut-off run with other options
             if distributed.is_main():
