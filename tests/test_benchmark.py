@@ -184,3 +184,24 @@ def test_benchmark_keeps_a_cut_off_cell_folder_with_the_same_signature(tiny_test
         assert (cell_dir / "partial-state").exists() is kept
         assert json.loads((cell_dir / "signature.json").read_text())["task"] == task.describe()
         shutil.rmtree(out)
+
+
+def test_benchmark_sweeps_the_vipamin_init_grid_from_the_command_line(tiny_testbed, tmp_path, cli) -> None:
+    out = tmp_path / "grid"
+    args = [a if a != "random,vipamin,linear" else "vipamin" for a in _args(tiny_testbed, out, "--tasks", "mnist")]
+    code, _, stderr = cli(*args, "--k", "2,4", "--orth", "exact,reference", "--orth-scale", "match")
+    assert code == 0, stderr
+    cell = json.loads((out / "results.json").read_text())["cells"]["mnist/vipamin"]
+    candidates = cell["sweep"]["candidates"]
+    assert [(c["init"]["k"], c["init"]["orth"], c["init"]["orth_scale"]) for c in candidates] == [
+        (2, "exact", "match"), (2, "reference", "match"), (4, "exact", "match"), (4, "reference", "match")]
+    best = max(candidates, key=lambda c: c["score"])  # ties to the first, as the runner does
+    assert cell["selected"]["init"] == best["init"]
+    assert cell["signature"]["init_grid"] == {"k": [2, 4], "orth": ["exact", "reference"], "orth_scale": ["match"]}
+    for extra, text in ((["--orth", "exact,nope"], "unknown --orth 'nope'"),
+                        (["--orth-scale", "big"], "unknown --orth-scale 'big'"),
+                        (["--lambda", "2"], "--lambda 2.0 is outside [0, 1]"),
+                        (["--k", "0"], "--k 0 is not a positive integer")):
+        code, _, stderr = cli(*args[:-1], str(tmp_path / "bad"), *extra)
+        assert code == 2 and stderr.count("\n") == 1 and text in stderr, (extra, stderr)
+        assert not (tmp_path / "bad").exists()

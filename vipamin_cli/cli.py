@@ -579,6 +579,15 @@ def benchmark(
                                                       "E.g. -p 10.")] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images per task (VIPAMIN, SPT). "
                                             "E.g. --calib-size 256.")] = 256,
+    k: Annotated[str | None, typer.Option("--k", help="Comma list: VIPAMIN's K values, swept as init candidates "
+                                          "(replaces a recipe's grid). E.g. --k 2,8,32.")] = None,
+    lam: Annotated[str | None, typer.Option("--lambda", help="Comma list: VIPAMIN's lambda values, swept with "
+                                            "--k. E.g. --lambda 0,0.5.")] = None,
+    orth: Annotated[str | None, typer.Option("--orth", help="Comma list of VIPAMIN orthogonal modes swept as "
+                                             "candidates: exact | exact-ln | reference. E.g. --orth "
+                                             "exact,reference.")] = None,
+    orth_scale: Annotated[str | None, typer.Option("--orth-scale", help="Comma list: none | match, swept with "
+                                                   "--orth. E.g. --orth-scale none,match.")] = None,
     grid_batch: Annotated[int | None, typer.Option("--grid-batch", help="Configurations trained together (memory "
                                                    "bound). E.g. --grid-batch 4.")] = None,
     plot_png: Annotated[bool, typer.Option("--plot/--no-plot", help="Write results.png (needs matplotlib).")] = True,
@@ -596,7 +605,12 @@ def benchmark(
                  "lrs": _numbers(lr, "--lr") if lr is not None else None,
                  "weight_decays": _numbers(weight_decay, "--weight-decay") if weight_decay is not None else None,
                  "seeds": [check_seed(s, "--seeds") for s in _numbers(seeds, "--seeds", int)] if seeds else None}
-    spec = BenchmarkSpec(suite=suite, root=root, backbone=backbone, out=out, weights=weights,
+    init_grid = {key: values for key, values in (
+        ("k", _numbers(k, "--k", int) if k is not None else None),
+        ("lam", _numbers(lam, "--lambda") if lam is not None else None),
+        ("orth", _strings(orth, "--orth") if orth is not None else None),
+        ("orth_scale", _strings(orth_scale, "--orth-scale") if orth_scale is not None else None)) if values}
+    spec = BenchmarkSpec(suite=suite, root=root, backbone=backbone, out=out, weights=weights, init_grid=init_grid,
                          methods=tuple(_strings(methods, "--methods")),
                          tasks=_strings(tasks, "--tasks") if tasks is not None else None, preset=preset,
                          recipe=recipe, overrides=overrides, device=device, cache_dir=cache_dir, calib_size=calib_size,

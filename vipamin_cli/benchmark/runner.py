@@ -28,7 +28,7 @@ from .protocol import METHOD_SETUP, METHODS, CellProtocol, cell_recipe, check_re
 from .suites import Suite, Task, resolve_suite
 
 RESULTS_SCHEMA = 1
-INIT_GRID_KEYS = ("k", "lam")  # VIPAMIN hyperparameters a benchmark may sweep
+INIT_GRID_KEYS = ("k", "lam", "orth", "orth_scale")  # VIPAMIN hyperparameters a benchmark may sweep
 
 
 @dataclass(frozen=True)
@@ -357,6 +357,25 @@ def _embed_task(task: Task, spec: BenchmarkSpec) -> tuple[dict[str, Path], dict[
     return paths, record
 
 
+def _check_init_grid(grid: dict[str, list[Any]]) -> None:
+    """The VIPAMIN init grid's keys and values, before any cell runs (K against the patch count is
+    checked by the init itself, once the backbone is embedded)."""
+    from ..inits.vipamin import ORTH_MODES, ORTH_SCALES
+
+    for key, values in grid.items():
+        if key not in INIT_GRID_KEYS:
+            raise InputError(f"unknown init grid key '{key}'", f"use {', '.join(INIT_GRID_KEYS)}")
+        for value in values:
+            if key == "k" and not (isinstance(value, int) and value >= 1):
+                raise InputError(f"--k {value} is not a positive integer", "pass e.g. --k 2,8,32")
+            if key == "lam" and not 0.0 <= float(value) <= 1.0:
+                raise InputError(f"--lambda {value} is outside [0, 1]", "pass e.g. --lambda 0,0.5")
+            if key == "orth" and value not in ORTH_MODES:
+                raise InputError(f"unknown --orth '{value}'", f"use some of {','.join(ORTH_MODES)}")
+            if key == "orth_scale" and value not in ORTH_SCALES:
+                raise InputError(f"unknown --orth-scale '{value}'", f"use some of {','.join(ORTH_SCALES)}")
+
+
 def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
     """Run (or resume) every task x method cell of the suite; returns the results and writes the report."""
     from ..ui import info, progress_bar
@@ -366,9 +385,7 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise InputError(f"unknown --methods {','.join(bad) or '(empty)'}", f"use some of {','.join(METHODS)}")
-    for key in spec.init_grid:
-        if key not in INIT_GRID_KEYS:
-            raise InputError(f"unknown init grid key '{key}'", f"use {', '.join(INIT_GRID_KEYS)}")
+    _check_init_grid(spec.init_grid)
     from .. import validate as v
     from ..embed import EmbedConfig
 
