@@ -655,7 +655,7 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
             tmp.write_text(json.dumps(sweep, indent=2))
     distributed.sync()  # the checkpoint is written: now every rank may drop its resume state
     partial.unlink(missing_ok=True)
-    if len(sweep_done) > 1:
+    if len(sweep_done) > 1 and show_progress:  # the benchmark runs many tunes quietly
         render_sweep(sweep)
     return TuneOutcome(checkpoint=out, sweep=sweep, models=out_models, backbone=backbone)
 
