@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 ## demo: a short benchmark on 2 testbed tasks with the built-in MAE backbone: VPT random init vs
-## VIPAMIN vs a linear probe, 3 seeds, printed as the papers' table (offline, about 5 min on 2 CPU cores)
+## VIPAMIN vs a linear probe, 3 seeds, printed as the papers' table (offline, about 8 min on 2 CPU cores)
 demo: testbed/manifest.json
 	$(BIN)/vipamin benchmark --suite testbed --root testbed --backbone mae-vit-tiny-mnist \
 		--methods random,vipamin,linear --tasks mnist,count --preset demo --out demo-out
