@@ -360,7 +360,7 @@ def _embed_task(task: Task, spec: BenchmarkSpec) -> tuple[dict[str, Path], dict[
 def _check_init_grid(grid: dict[str, list[Any]]) -> None:
     """The VIPAMIN init grid's keys and values, before any cell runs (K against the patch count is
     checked by the init itself, once the backbone is embedded)."""
-    from ..inits.vipamin import ORTH_MODES, ORTH_SCALES
+    from ..inits.vipamin import check_choices
 
     for key, values in grid.items():
         if key not in INIT_GRID_KEYS:
@@ -368,12 +368,8 @@ def _check_init_grid(grid: dict[str, list[Any]]) -> None:
         for value in values:
             if key == "k" and not (isinstance(value, int) and value >= 1):
                 raise InputError(f"--k {value} is not a positive integer", "pass e.g. --k 2,8,32")
-            if key == "lam" and not 0.0 <= float(value) <= 1.0:
-                raise InputError(f"--lambda {value} is outside [0, 1]", "pass e.g. --lambda 0,0.5")
-            if key == "orth" and value not in ORTH_MODES:
-                raise InputError(f"unknown --orth '{value}'", f"use some of {','.join(ORTH_MODES)}")
-            if key == "orth_scale" and value not in ORTH_SCALES:
-                raise InputError(f"unknown --orth-scale '{value}'", f"use some of {','.join(ORTH_SCALES)}")
+            if key != "k":
+                check_choices(**{key: value})
 
 
 def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:

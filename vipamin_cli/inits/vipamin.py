@@ -153,6 +153,17 @@ def solve_value_map(w_v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return target @ torch.linalg.pinv(w_v.T)
 
 
+def check_choices(lam: float | None = None, orth: str | None = None, orth_scale: str | None = None) -> None:
+    """The given ones of lambda's range and the orthogonal mode and scale names (no backbone needed:
+    the benchmark checks its init grid with this before any cell runs)."""
+    if lam is not None and not 0.0 <= float(lam) <= 1.0:
+        raise InputError(f"--lambda {lam} is outside [0, 1]", "choose lambda in [0, 1] (default 0.5)")
+    if orth is not None and orth not in ORTH_MODES:
+        raise InputError(f"unknown --orth '{orth}'", f"use one of {', '.join(ORTH_MODES)}")
+    if orth_scale is not None and orth_scale not in ORTH_SCALES:
+        raise InputError(f"unknown --orth-scale '{orth_scale}'", f"use one of {', '.join(ORTH_SCALES)}")
+
+
 class VipaminInit:
     name: ClassVar[str] = "vipamin"
 
@@ -161,12 +172,7 @@ class VipaminInit:
         if not 1 <= config.k <= n:
             raise InputError(f"--k {config.k} is out of range: the backbone has {n} patch positions",
                              f"choose 1 <= K <= {n}")
-        if not 0.0 <= config.lam <= 1.0:
-            raise InputError(f"--lambda {config.lam} is outside [0, 1]", "choose lambda in [0, 1] (default 0.5)")
-        if config.orth not in ORTH_MODES:
-            raise InputError(f"unknown --orth '{config.orth}'", f"use one of {', '.join(ORTH_MODES)}")
-        if config.orth_scale not in ORTH_SCALES:
-            raise InputError(f"unknown --orth-scale '{config.orth_scale}'", f"use one of {', '.join(ORTH_SCALES)}")
+        check_choices(config.lam, config.orth, config.orth_scale)
         resolve_rcond(config.orth_rcond, ctx.dim)
         if not 0.0 < config.orth_energy <= 1.0:
             raise InputError(f"--orth-energy {config.orth_energy} is outside (0, 1]", "use e.g. 0.99")
