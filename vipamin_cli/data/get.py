@@ -105,23 +105,28 @@ def get_data(suite: str, root: str | os.PathLike, tasks: Iterable[str] | None = 
     say = note or (lambda _m: None)
     suite = _suite(suite)
     wanted = _wanted(suite, tasks)
-    root = _root(Path(root).expanduser(), create=not dry_run)
+    root = _root(Path(root).expanduser(), create=False)
     froms = [_from_path(p) for p in from_files]
-    folders = {t: folder_of(suite, t) for t in wanted}
-    states = {t: staging.state(root, f) if root.is_dir() else "absent" for t, f in folders.items()}
+    states = {t: staging.state(root, folder_of(suite, t)) if root.is_dir() else "absent" for t in wanted}
     foreign = [t for t in wanted if states[t] == "foreign"]
     if overwrite and foreign:
-        raise InputError(f"{root / folders[foreign[0]]} exists and was not made by `vipamin data get`; --overwrite "
-                         "only replaces folders it made", "move that folder away, or pick another --root")
+        raise InputError(f"{root / folder_of(suite, foreign[0])} exists and was not made by `vipamin data get`; "
+                         "--overwrite only replaces folders it made", "move that folder away, or pick another --root")
     todo = [t for t in wanted if states[t] == "absent" or (overwrite and states[t] == "ours")]
     hub = hubmod.settings()
     if dry_run:
         return _dry_run(suite, root, wanted, states, todo, froms, hub)
-    with staging.root_lock(root):
-        for name in staging.clean_stale(root):
-            say(f"removed {name} (left by an interrupted run)")
-        install = _install_vtab if suite == "vtab-1k" else _install_fgvc
-        status = install(root, todo, froms, hub, force_download, say)
+    hubmod.check_force(hub, force_download)
+    # Archives are fetched and every entry checked before anything is written under root.
+    plan, status = (_plan_vtab if suite == "vtab-1k" else _plan_fgvc)(root, todo, froms, hub, force_download, say)
+    if plan or root.is_dir():
+        _root(root, create=True)
+        with staging.root_lock(root):
+            for name in staging.clean_stale(root):
+                say(f"removed {name} (left by an interrupted run)")
+            for task, parts in plan.items():
+                _install(root, suite, task, folder_of(suite, task), parts)
+                status[task] = "unpacked"
     for t in wanted:
         if t not in status:
             status[t] = ("kept (unpacked before; --overwrite unpacks it again)" if states[t] == "ours"
@@ -175,7 +180,7 @@ def _from_path(path: str | os.PathLike) -> Path:
 
 
 def _open_from(path: Path) -> Source:
-    archive = open_archive(path, f"download {path.name} again and pass the new copy with --from")
+    archive = open_archive(path, f"download {path.name} again and pass the new copy with --from", user_file=True)
     return Source(archive, {"archive": path.name, "path": str(path.resolve()), "size": path.stat().st_size})
 
 
@@ -216,24 +221,21 @@ def _vtab_parts(source: Source) -> dict[str, Part]:
     return parts
 
 
-def _install_vtab(root: Path, todo: list[str], froms: list[Path], hub: hubmod.HubSettings, force: bool,
-                  say: Callable[[str], None]) -> dict[str, str]:
+Plan = tuple[dict[str, list[Part]], dict[str, str]]  # what to unpack per task; why the others cannot be
+
+
+def _plan_vtab(root: Path, todo: list[str], froms: list[Path], hub: hubmod.HubSettings, force: bool,
+               say: Callable[[str], None]) -> Plan:
     if not todo:
-        return {}
+        return {}, {}
     sources = [_open_from(p) for p in froms] or [_open_hub(VTAB_REPO, VTAB_FILE, hub, force, say)]
     index: dict[str, list[Part]] = {}
     for source in sources:
         for task, part in _vtab_parts(source).items():
             index.setdefault(task, []).append(part)
     names = ", ".join(s.archive.path.name for s in sources)
-    status = {}
-    for task in todo:
-        if task not in index:
-            status[task] = f"not installed: {names} has no {task}/ folder"
-            continue
-        _install(root, "vtab-1k", task, task, index[task])
-        status[task] = "unpacked"
-    return status
+    plan = {task: index[task] for task in todo if task in index}
+    return plan, {task: f"not installed: {names} has no {task}/ folder" for task in todo if task not in index}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -312,10 +314,10 @@ def _fgvc_from(froms: list[Path]) -> tuple[list[Source], dict[str, Source]]:
     return jsons, images
 
 
-def _install_fgvc(root: Path, todo: list[str], froms: list[Path], hub: hubmod.HubSettings, force: bool,
-                  say: Callable[[str], None]) -> dict[str, str]:
+def _plan_fgvc(root: Path, todo: list[str], froms: list[Path], hub: hubmod.HubSettings, force: bool,
+               say: Callable[[str], None]) -> Plan:
     if not todo:
-        return {}
+        return {}, {}
     jsons, images = _fgvc_from(froms)
     if not jsons:
         jsons = [_open_hub(FGVC_REPO, FGVC_JSON, hub, force, say)]
@@ -326,7 +328,7 @@ def _install_fgvc(root: Path, todo: list[str], froms: list[Path], hub: hubmod.Hu
     if lacking:
         found, why = _hub_images(lacking, hub, force, say)
         images.update(found)
-    status = {}
+    plan, status = {}, {}
     for task in todo:
         spec = FGVC_IMAGES[task]
         if task not in splits:
@@ -337,10 +339,8 @@ def _install_fgvc(root: Path, todo: list[str], froms: list[Path], hub: hubmod.Hu
                             f"{spec.prefix} as {root / spec.folder / spec.dest})")
         else:
             source, folder = splits[task]
-            parts = [_under(source, folder + "/", ""), _under(images[task], spec.prefix, spec.dest)]
-            _install(root, "fgvc", task, spec.folder, parts)
-            status[task] = "unpacked"
-    return status
+            plan[task] = [_under(source, folder + "/", ""), _under(images[task], spec.prefix, spec.dest)]
+    return plan, status
 
 
 # ----------------------------------------------------------------------------------------------------------

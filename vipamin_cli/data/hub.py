@@ -65,6 +65,12 @@ def _offline_error(repo: str, filename: str, hub: HubSettings) -> InputError:
                       "and pass it with --from FILE")
 
 
+def check_force(hub: HubSettings, force: bool) -> None:
+    if hub.offline and force:
+        raise InputError("--force-download needs the network, but HF_HUB_OFFLINE=1 is set",
+                         "unset HF_HUB_OFFLINE, or drop --force-download")
+
+
 def download(repo: str, filename: str, hub: HubSettings, force: bool = False) -> Path:
     """The repository file, from the cache or downloaded into it; one-line errors for every failure."""
     from huggingface_hub import hf_hub_download
@@ -75,9 +81,7 @@ def download(repo: str, filename: str, hub: HubSettings, force: bool = False) ->
         RepositoryNotFoundError,
     )
 
-    if hub.offline and force:
-        raise InputError("--force-download needs the network, but HF_HUB_OFFLINE=1 is set",
-                         "unset HF_HUB_OFFLINE, or drop --force-download")
+    check_force(hub, force)
     try:
         path = hf_hub_download(repo_id=repo, filename=filename, repo_type="dataset", cache_dir=hub.cache_dir,
                                endpoint=hub.endpoint, local_files_only=hub.offline, force_download=force)

@@ -54,12 +54,22 @@ def _is_our_temp(path: Path) -> bool:
 
 
 def clean_stale(root: Path) -> list[str]:
-    """Remove the temporary folders a stopped run left behind (only ours); returns their names."""
+    """Remove the temporary folders a stopped run left behind (only ours); returns their names.
+
+    A run killed between creating its folder and tagging it leaves an empty folder with our name:
+    that one is removed with rmdir, which cannot delete anything.
+    """
     removed = []
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
         if _is_our_temp(entry):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry.name)
+        elif entry.name.startswith(PREFIX) and entry.name.endswith(".tmp") and not entry.is_symlink():
+            try:
+                entry.rmdir()
+                removed.append(entry.name)
+            except OSError:  # not empty, or not a folder: not provably ours, left alone
+                pass
     return removed
 
 

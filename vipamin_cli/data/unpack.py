@@ -52,6 +52,7 @@ class Archive:
     kind: str  # "zip" | "tar"
     members: list[Member]
     corrupt_fix: str  # what to tell the user when the archive turns out to be damaged
+    user_file: bool = False  # the user's own file (--from): a damaged one is bad input (exit 2)
 
     def files(self) -> Iterator[Member]:
         return (m for m in self.members if not m.is_dir)
@@ -109,12 +110,13 @@ def _check_duplicates(members: list[Member], archive: Path) -> None:
         seen.add(m.name)
 
 
-def corrupt(path: Path, reason: object, fix: str) -> RuntimeFailure:
+def corrupt(path: Path, reason: object, fix: str, user_file: bool = False) -> InputError | RuntimeFailure:
+    """The one-line error for a damaged archive: bad input for the user's own file, a failure for a download."""
     text = str(reason).splitlines()[0] if str(reason) else type(reason).__name__
-    return RuntimeFailure(f"archive {path} is truncated or corrupt ({text})", fix)
+    return (InputError if user_file else RuntimeFailure)(f"archive {path} is truncated or corrupt ({text})", fix)
 
 
-def open_archive(path: Path, corrupt_fix: str) -> Archive:
+def open_archive(path: Path, corrupt_fix: str, user_file: bool = False) -> Archive:
     """List a zip or tar (gz/bz2/xz) archive and check every entry; refuse unknown formats."""
     try:
         if zipfile.is_zipfile(path):
@@ -126,11 +128,11 @@ def open_archive(path: Path, corrupt_fix: str) -> Archive:
                 members = [_tar_member(i, path) for i in tf]
             kind = "tar"
         else:
-            raise corrupt(path, "neither a zip nor a tar archive", corrupt_fix)
+            raise corrupt(path, "neither a zip nor a tar archive", corrupt_fix, user_file)
     except _CORRUPT as exc:
-        raise corrupt(path, exc, corrupt_fix) from None
+        raise corrupt(path, exc, corrupt_fix, user_file) from None
     _check_duplicates(members, path)
-    return Archive(path, kind, members, corrupt_fix)
+    return Archive(path, kind, members, corrupt_fix, user_file)
 
 
 def _is_tar(path: Path) -> bool:
@@ -186,7 +188,7 @@ def extract(archive: Archive, plan: Iterable[tuple[Member, str]], folder: Path,
                 if advance:
                     advance(1)
     except _CORRUPT as exc:
-        raise corrupt(archive.path, exc, archive.corrupt_fix) from None
+        raise corrupt(archive.path, exc, archive.corrupt_fix, archive.user_file) from None
     except FileExistsError as exc:
         raise UnsafeArchive(f"{archive.path} writes {exc.filename} twice", "get the archive again from its source") \
             from None
