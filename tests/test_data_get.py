@@ -382,7 +382,7 @@ def test_existing_root_keeps_what_is_there_and_never_deletes_a_foreign_folder(tm
                                 "--root\n"
     assert (root / "kitti" / "mine.txt").read_text() == "the user's own" and (root / "notes.md").is_file()
     (root / "file").write_text("x")
-    with pytest.raises(InputError, match="exists and is not a folder"):
+    with pytest.raises(InputError, match="is not a directory; point --root at a directory"):
         get_data("vtab-1k", root / "file", from_files=[archive])
 
 

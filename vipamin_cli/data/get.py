@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vipamin_cli import validate
 from vipamin_cli.errors import InputError, Interrupted, RuntimeFailure
-from vipamin_cli.validate import regular_input
 
 from . import hub as hubmod
 from . import staging
@@ -161,21 +161,19 @@ def _wanted(suite: str, tasks: Iterable[str] | None) -> list[str]:
 
 
 def _root(root: Path, create: bool) -> Path:
+    """``--root`` must be (or become, with ``create``) a writable folder; checked before any download."""
     if os.path.lexists(root) and not root.is_dir():
-        raise InputError(f"--root {root} exists and is not a folder", "pass a folder (it is created if missing)")
-    if create and not root.exists():
-        try:
-            root.mkdir(parents=True)
-        except OSError as exc:
-            raise InputError(f"--root {root} cannot be created: {exc.strerror}", "pass a writable folder") from None
-    if create and not os.access(root, os.W_OK | os.X_OK):
-        raise InputError(f"--root {root} is not writable", "pass a folder you can write to")
+        raise InputError(f"--root {root} is not a directory", "point --root at a directory (it is created if missing)")
+    if create:
+        validate.cache_dir(root, "--root")
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise InputError(f"--root {root} is not writable", "point --root at a directory you can write to")
     return root
 
 
 def _from_path(path: str | os.PathLike) -> Path:
     p = Path(path).expanduser()
-    regular_input(p, "--from file", "pass the archive you downloaded (a .zip, .tar, .tgz or .tar.gz file)")
+    validate.regular_input(p, "--from file", "pass the archive you downloaded (a .zip, .tar, .tgz or .tar.gz file)")
     return p
 
 
@@ -463,4 +461,6 @@ def _dry_images_line(task: str, listed: dict[str, int] | None, hub: hubmod.HubSe
         names = [lower[n.lower()] for n in spec.hub_names if n.lower() in lower]
     if names:
         return _dry_file_line(FGVC_REPO, names[0], listed, hub)
-    return f"no image archive in {FGVC_REPO} (or the cache); get {spec.obtain} and pass it with --from FILE"
+    where = f"{FGVC_REPO} has no image archive for it" if listed is not None else \
+        "no image archive in the Hugging Face cache (HF_HUB_OFFLINE=1)"
+    return f"{where}; get {spec.obtain} and pass it with --from FILE"

@@ -9,6 +9,7 @@ exceptions into one-line errors that say how to get the file another way.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from dataclasses import dataclass
@@ -80,11 +81,15 @@ def download(repo: str, filename: str, hub: HubSettings, force: bool = False) ->
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
     )
+    from huggingface_hub.utils import disable_progress_bars
+
+    from vipamin_cli.ui import quiet
 
     check_force(hub, force)
     try:
-        path = hf_hub_download(repo_id=repo, filename=filename, repo_type="dataset", cache_dir=hub.cache_dir,
-                               endpoint=hub.endpoint, local_files_only=hub.offline, force_download=force)
+        with disable_progress_bars() if quiet() else contextlib.nullcontext():  # -q: no download bar either
+            path = hf_hub_download(repo_id=repo, filename=filename, repo_type="dataset", cache_dir=hub.cache_dir,
+                                   endpoint=hub.endpoint, local_files_only=hub.offline, force_download=force)
     except LocalEntryNotFoundError as exc:
         if hub.offline:
             raise _offline_error(repo, filename, hub) from None
