@@ -219,13 +219,15 @@ def test_dry_run_names_repository_file_and_size_and_writes_nothing(online, tmp_p
 def test_archive_without_top_folder_and_v_petl_task_alias(tmp_path) -> None:
     """Per-task zips (no vtab-1k/ folder), V-PETL's `cifar100` name mapped to NOAH's `cifar`, from --from."""
     first = write_zip(tmp_path / "cifar.zip", vtab_entries("cifar100", 100))
-    second = write_zip(tmp_path / "kitti.zip", vtab_entries("kitti", 4))
+    second = write_zip(tmp_path / "kitti.zip", {**vtab_entries("kitti", 4), "README.txt": b"readme",
+                                                "__MACOSX/kitti/._train800.txt": b"\x00\x05"})
     root = tmp_path / "root"
     report = get_data("vtab-1k", root, tasks=["cifar", "kitti"], from_files=[first, second])
     assert report.ok, report.lines
     assert report.lines[0].startswith("cifar: unpacked; 22 images;") and "100/100 classes" in report.lines[0]
     assert (root / "cifar" / "train800.txt").read_text().splitlines()[1] == "images/train800/000001.png 1"
-    assert not (root / "cifar100").exists()
+    assert not (root / "cifar100").exists() and not (root / "kitti" / "._train800.txt").exists()
+    assert sorted(p.name for p in root.iterdir()) == [".vipamin-get.lock", "cifar", "kitti"]  # README skipped
     record = json.loads((root / "cifar" / staging.RECORD).read_text())
     assert record["sources"] == [{"archive": "cifar.zip", "path": str(first.resolve()),
                                   "size": first.stat().st_size}]
@@ -531,8 +533,8 @@ def test_fgvc_installs_what_the_hub_holds_and_says_where_to_get_the_rest(online,
     assert lines[1] == "cars: unpacked; 196 images; train 196, val 3, test 3; 196/196 classes; ok"
     assert lines[2] == ("nabirds: not installed: XiN0919/FGVC has no image archive for it; get "
                         "https://dl.allaboutbirds.org/nabirds (nabirds.tar.gz, after accepting the Cornell Lab's terms "
-                        f"of use) and run `vipamin data get fgvc --root {root} --tasks nabirds --from FILE` (or unpack "
-                        f"its nabirds/images/ as {root / 'nabirds' / 'images'})")
+                        f"of use) and run `vipamin data get fgvc --root {root} --tasks nabirds --from nabirds.tar.gz` "
+                        f"(its nabirds/images/ go to {root / 'nabirds' / 'images'})")
     assert code == 1 and err == f"error: 1 fgvc task(s) not ready under {root}: nabirds; see the lines above: get " \
                                 "the archives they name, or unpack again with --overwrite\n"
     assert sorted(hub.downloads()) == [f"/datasets/XiN0919/FGVC/resolve/main/{n}"

@@ -333,8 +333,8 @@ def _plan_fgvc(root: Path, todo: list[str], froms: list[Path], hub: hubmod.HubSe
             status[task] = f"not installed: {', '.join(s.archive.path.name for s in jsons)} has no json splits for it"
         elif task not in images:
             status[task] = (f"not installed: {why.get(task, 'no image archive given')}; get {spec.obtain} and run "
-                            f"`vipamin data get fgvc --root {root} --tasks {task} --from FILE` (or unpack its "
-                            f"{spec.prefix} as {root / spec.folder / spec.dest})")
+                            f"`vipamin data get fgvc --root {root} --tasks {task} --from {spec.hub_names[0]}` "
+                            f"(its {spec.prefix} go to {root / spec.folder / spec.dest})")
         else:
             source, folder = splits[task]
             plan[task] = [_under(source, folder + "/", ""), _under(images[task], spec.prefix, spec.dest)]
