@@ -575,3 +575,18 @@ def test_bad_command_lines_are_one_line_exit_2(tmp_path, cli, monkeypatch, args,
     code, out, err = cli("data", "get", *args)
     assert code == 2 and out == "" and err.startswith(message) and err.count("\n") == 1, err
     assert not (tmp_path / "R").exists()
+
+
+def test_ctrl_c_during_the_download_writes_nothing(online, tmp_path, cli, monkeypatch) -> None:
+    import huggingface_hub
+
+    online({"XiN0919/VTAB-1k": {"vtab-1k.zip": vtab_zip(tmp_path / "vtab-1k.zip")}})
+
+    def interrupted(**_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", interrupted)
+    code, out, err = cli("data", "get", "vtab-1k", "--root", tmp_path / "root")
+    assert code == 130 and out == "" and not (tmp_path / "root").exists()
+    assert err == "error: download of vtab-1k.zip interrupted; nothing was unpacked; run the same command again " \
+                  "(the download starts again)\n"

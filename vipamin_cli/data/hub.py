@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vipamin_cli.errors import InputError, RuntimeFailure
+from vipamin_cli.errors import InputError, Interrupted, RuntimeFailure
 
 PAGE = "https://huggingface.co/datasets/{repo}"
 
@@ -90,6 +90,9 @@ def download(repo: str, filename: str, hub: HubSettings, force: bool = False) ->
         with disable_progress_bars() if quiet() else contextlib.nullcontext():  # -q: no download bar either
             path = hf_hub_download(repo_id=repo, filename=filename, repo_type="dataset", cache_dir=hub.cache_dir,
                                    endpoint=hub.endpoint, local_files_only=hub.offline, force_download=force)
+    except KeyboardInterrupt:
+        raise Interrupted(f"download of {filename} interrupted; nothing was unpacked",
+                          "run the same command again (the download starts again)") from None
     except LocalEntryNotFoundError as exc:
         if hub.offline:
             raise _offline_error(repo, filename, hub) from None
