@@ -106,7 +106,7 @@ class Hub:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
     def _answer(self, h: http.server.BaseHTTPRequestHandler, body: bool) -> None:
         path = h.path.split("?")[0]
@@ -161,6 +161,7 @@ def online(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     yield start
     for hub in servers:
         hub.server.shutdown()
+        hub.server.server_close()
 
 
 def _leftovers(root: Path) -> list[str]:
