@@ -731,8 +731,8 @@ def demo(
     run_demo(out, device=device)
 
 
-data_app = typer.Typer(help="Make the offline testbed and check benchmark data folders.", no_args_is_help=True,
-                       rich_markup_mode="rich", pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Get, check and make benchmark data folders (VTAB-1k, FGVC, the offline testbed).",
+                       no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
 app.add_typer(data_app, name="data")
 
 
@@ -779,6 +779,36 @@ def data_check(
         render_report(report)
     if not report.ok:
         raise typer.Exit(2)
+
+
+@data_app.command("get", epilog="Example: vipamin data get vtab-1k --root ~/data/vtab-1k")
+@handle_errors
+def data_get(
+    suite: Annotated[str, typer.Argument(help="vtab-1k | fgvc")],
+    root: Annotated[Path, typer.Option("--root", help="Folder to unpack the task folders into (created if "
+                                       "missing). E.g. --root ~/data/vtab-1k.")],
+    tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated subset of the tasks.")] = None,
+    from_files: Annotated[list[Path] | None, typer.Option("--from", help="Unpack this archive instead of "
+                                                          "downloading (repeatable). E.g. --from vtab-1k.zip.")]
+    = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be downloaded and unpacked.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Unpack again tasks this command unpacked "
+                                            "before.")] = False,
+    force_download: Annotated[bool, typer.Option("--force-download", help="Download again even if the Hugging "
+                                                 "Face cache has the file.")] = False,
+) -> None:
+    """Download V-PETL Bench's VTAB-1k or FGVC copy from the Hugging Face hub, unpack it safely into
+    ROOT/<task>/ and check it. Interrupted runs continue where they stopped."""
+    from .data.get import get_data
+    from .ui import info
+
+    names = [t.strip() for t in tasks.split(",")] if tasks is not None else None
+    report = get_data(suite, root, tasks=names, from_files=from_files or (), dry_run=dry_run, overwrite=overwrite,
+                      force_download=force_download, note=info)
+    for line in report.lines:
+        typer.echo(line)
+    if not report.ok:
+        raise report.failure()
 
 
 def threading_is_main() -> bool:
