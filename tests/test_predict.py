@@ -313,21 +313,25 @@ def test_commands_take_the_backbone_and_weights_from_the_artifact(tuned: SimpleN
     # the recorded file is gone: one line naming it and --weights; a copy passed with --weights works
     moved = tmp_path / "moved.safetensors"
     weights.rename(moved)
+    cached = next((tmp_path / "cache").rglob("*.safetensors"))  # embedded with the weights file
     for args in (["eval", "-c", out, *data, "--split", "test"],
                  ["predict", "-c", out, "-d", tuned.paths[0], "--device", "cpu"],
                  ["export", "-c", out, "--out", tmp_path / "m.pt2"],
-                 ["init", "--embeddings", tuned.emb["val"], "-p", "4", "--device", "cpu", "--weights", weights,
-                  "--out", tmp_path / "p.safetensors"]):
+                 ["init", "--embeddings", cached, "-p", "4", "--device", "cpu", "--out", tmp_path / "p.safetensors"]):
         line = _one_line_error(*_run(args, capsys)[::2])
-        assert str(weights) in line, line
-        assert "--weights" in line, line
-        if args[0] != "init":
-            assert "recorded in --checkpoint" in line and "is gone" in line, line
+        assert f"the backbone weights file {weights} recorded in --" in line and "is gone" in line, line
+        assert "pass --weights PATH" in line, line
+    # init --embeddings honours --weights too
+    line = _one_line_error(*_run(["init", "--embeddings", tuned.emb["val"], "-p", "4", "--device", "cpu", "--weights",
+                                  weights, "--out", tmp_path / "p.safetensors"], capsys)[::2])
+    assert f"weights file not found: {weights}" in line, line
     code, stdout, err = _run(["eval", "-c", out, *data, "--split", "test", "--json", "--weights", moved], capsys)
     assert code == 0 and json.loads(stdout)["runs"][0]["top1"] == top1, err
-    # the recorded file changed: named, with the option
+    # the recorded file changed: named, with the option; other weights given with --weights: refused
     state = load_backbone("vit-tiny-test").model.state_dict()
     save_file({k: v + 0.01 for k, v in state.items()}, str(weights))
+    line = _one_line_error(*_run(["eval", "-c", out, *data, "--weights", weights], capsys)[::2])
+    assert f"--weights {weights} are not the weights --checkpoint {out} was made with" in line, line
     line = _one_line_error(*_run(["predict", "-c", out, "-d", tuned.paths[0], "--device", "cpu"], capsys)[::2])
     assert f"the backbone weights file {weights} recorded in --checkpoint {out} changed" in line, line
     assert "pass --weights PATH" in line

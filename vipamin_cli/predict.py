@@ -138,7 +138,9 @@ def _open_hf(data: str, split: str | None) -> tuple[Any, str, str]:
         name = _resolve_split(split, "test", list(loaded.keys()), data)
         loaded = loaded[name]
     else:
-        name = split or str(loaded.split or "train")
+        name = str(loaded.split or "train")
+        if split is not None and split != name:
+            raise InputError(f"{data} holds one split ('{name}'), not '{split}'", "drop --split")
     return loaded, name, "image"
 
 
