@@ -48,11 +48,16 @@ class TunedClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         from .embed import block0_tokens
 
-        tokens = block0_tokens(self.backbone, images)  # shared by every run: prompts enter at block 0
-        if len(self.runs) == 1:
-            return self.runs[0](tokens)
-        log_probs = torch.stack([m(tokens).float().log_softmax(-1) for m in self.runs])
-        return torch.logsumexp(log_probs, 0) - math.log(len(self.runs))
+        tokens: dict[int, torch.Tensor] = {}  # runs that share a frozen backbone share its block-0 tokens
+        logits = []
+        for m in self.runs:
+            if id(m.vit) not in tokens:
+                tokens[id(m.vit)] = block0_tokens(m.vit, images)
+            logits.append(m(tokens[id(m.vit)]))
+        if len(logits) == 1:
+            return logits[0]
+        log_probs = torch.stack([lg.float().log_softmax(-1) for lg in logits])
+        return torch.logsumexp(log_probs, 0) - math.log(len(logits))
 
 
 def tuned_runs(checkpoint: Any, backbone: nn.Module, run: int | None = None) -> list[nn.Module]:
