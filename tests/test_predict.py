@@ -180,6 +180,17 @@ def test_stdout_rows_list_files_stdin_and_hf_disk(tuned: SimpleNamespace, tmp_pa
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [r["path"] for r in rows] == [f"hf-disk:{tmp_path / 'hf'}:train:{i}" for i in range(3)]
     assert [r["class_1"] for r in rows[:2]] == [reference[p][0] for p in tuned.paths[:2]]
+    # the reader of stdout goes away (`vipamin predict ... | head -n 1`): a quiet stop, exit 0
+    from vipamin_cli.cli import main
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["predict", "-c", ckpt, "-d", tuned.digits / "test", "--device", "cpu"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 # ----------------------------------------------------------------------------------------------------------

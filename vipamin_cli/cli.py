@@ -56,6 +56,15 @@ def _agree_before_traceback(message: str, code: int) -> None:
         distributed.agree_failure(message, code)
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush cannot fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor (a test's captured stdout)
+        pass
+
+
 def handle_errors(fn: F) -> F:
     """Turn library errors into one line on stderr and an exit code; tracebacks only with --debug."""
 
@@ -72,6 +81,9 @@ def handle_errors(fn: F) -> F:
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except BrokenPipeError:  # the reader of stdout went away (`vipamin predict ... | head`): stop quietly
+            _silence_stdout()
+            raise typer.Exit(0) from None
         except Exception as exc:  # an unexpected failure still gets one line, not a traceback
             text = str(exc).splitlines()[0] if str(exc) else ""
             if _STATE["debug"]:
