@@ -703,8 +703,8 @@ RecordedWeightsOpt = Annotated[str | None, typer.Option("--weights", rich_help_p
                                                         " E.g. --weights mae.pth.")]
 
 
-@app.command(epilog="Examples: vipamin predict -c flowers.safetensors -d photos/ --out preds.csv  |  find photos "
-             "-name '*.jpg' | vipamin predict -c flowers.safetensors -d - --top-k 1")
+@app.command(epilog="Example: vipamin predict -c flowers.safetensors -d photos/ --out preds.csv  (or: find photos "
+             "-name '*.jpg' | vipamin predict -c flowers.safetensors -d - --top-k 1)")
 @handle_errors
 def predict(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint from `vipamin tune`.",
