@@ -128,6 +128,25 @@ def stream(model: Any, paths: list[str], batch_size: int, workers: int, device: 
     return sum(len(render(p)) > 0 for p in stream_predictions(model, dataset, 5, batch_size, workers, device))
 
 
+def _prompts_of(case: str) -> int:
+    """The extra tokens a case runs with: P of 'bare + P tokens' and 'predict P=...'."""
+    if case.startswith("bare + "):
+        return int(case.split()[2])
+    if case.startswith("predict P="):
+        return int(case.split()[1][2:])
+    return 0
+
+
+def token_ratio(vit: torch.nn.Module, tokens: int, extra: int) -> float:
+    """Block matmul FLOPs with ``tokens`` over those with ``tokens + extra``: the speed the longer
+    sequence alone allows, relative to the bare loop (bench.run.forward_flops, the same count)."""
+    from bench.run import forward_flops
+
+    depth, dim = len(vit.blocks), int(vit.embed_dim)
+    ratio = float(vit.blocks[0].mlp.fc1.out_features) / dim
+    return forward_flops(depth, dim, tokens, ratio) / forward_flops(depth, dim, tokens + extra, ratio)
+
+
 def timed(fn: Callable[[], Any], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -167,9 +186,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(args.repeat):  # alternate the cases so a change in machine load hits them alike
         for name, fn in cases.items():
             seconds[name] = min(seconds.get(name, float("inf")), timed(fn, device))
-    rows = [{"case": name, "seconds": s, "images_per_s": args.images / s,
-             "vs_bare": seconds["bare"] / s} for name, s in seconds.items()]
     tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
+    rows = [{"case": name, "seconds": s, "images_per_s": args.images / s, "vs_bare": seconds["bare"] / s,
+             "tokens_alone": token_ratio(vit, tokens, _prompts_of(name))} for name, s in seconds.items()]
     return {"rows": rows, "backbone": args.backbone, "weights": args.weights, "images": args.images,
             "img_size": first.img_size, "tokens": tokens, "batch_size": args.batch_size, "workers": workers,
             "device": str(device), "threads": torch.get_num_threads(), "repeat": args.repeat,
@@ -181,9 +200,9 @@ def render(result: dict[str, Any]) -> str:
     lines = [f"backbone {result['backbone']} ({result['img_size']} px, {result['tokens']} tokens), "
              f"{result['images']} JPEGs, batch {result['batch_size']}, workers {result['workers']}, device "
              f"{result['device']}, {result['threads']} threads, best of {result['repeat']}",
-             "", "| case | images/s | seconds | vs bare |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['case']} | {r['images_per_s']:.1f} | {r['seconds']:.2f} | {r['vs_bare']:.2f}x |"
-              for r in result["rows"]]
+             "", "| case | images/s | seconds | vs bare | token count alone allows |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['case']} | {r['images_per_s']:.1f} | {r['seconds']:.2f} | {r['vs_bare']:.2f}x | "
+              f"{r['tokens_alone']:.2f}x |" for r in result["rows"]]
     return "\n".join(lines)
 
 
