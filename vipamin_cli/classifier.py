@@ -32,6 +32,8 @@ class TunedClassifier(nn.Module):
         if not runs:
             raise ValueError("a classifier needs at least one run")
         self.runs = nn.ModuleList(runs)
+        # per run, the first run with the same backbone object (decided here: tracing wraps modules)
+        self.token_source = [next(i for i, r in enumerate(runs) if r.vit is m.vit) for m in runs]
         self.class_names = list(class_names)
         self.transform = transform
         self.config = config
@@ -50,10 +52,10 @@ class TunedClassifier(nn.Module):
 
         tokens: dict[int, torch.Tensor] = {}  # runs that share a frozen backbone share its block-0 tokens
         logits = []
-        for m in self.runs:
-            if id(m.vit) not in tokens:
-                tokens[id(m.vit)] = block0_tokens(m.vit, images)
-            logits.append(m(tokens[id(m.vit)]))
+        for m, first in zip(self.runs, self.token_source, strict=True):
+            if first not in tokens:
+                tokens[first] = block0_tokens(m.vit, images)
+            logits.append(m(tokens[first]))
         if len(logits) == 1:
             return logits[0]
         log_probs = torch.stack([lg.float().log_softmax(-1) for lg in logits])
