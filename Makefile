@@ -18,10 +18,15 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 ## demo: a short benchmark on 2 testbed tasks with the built-in MAE backbone: VPT random init vs
-## VIPAMIN vs a linear probe, 3 seeds, printed as the papers' table (offline, about 8 min on 2 CPU cores)
+## VIPAMIN vs a linear probe, 3 seeds, printed as the papers' table (offline, about 8 min on 2 CPU cores);
+## then the tuned VIPAMIN mnist checkpoint predicts 5 test images (one line each: path, top-3 classes)
+DEMO_IMAGES := $(foreach i,00000 00001 00002 00003 00004,testbed/mnist/images/test/$(i).png)
 demo: testbed/manifest.json
 	$(BIN)/vipamin benchmark --suite testbed --root testbed --backbone mae-vit-tiny-mnist \
 		--methods random,vipamin,linear --tasks mnist,count --preset demo --out demo-out
+	@echo "predict (true labels from testbed/mnist/test.txt: $$(head -n 5 testbed/mnist/test.txt | cut -d' ' -f2 | tr '\n' ' '))"
+	$(BIN)/vipamin -q predict --checkpoint demo-out/cells/mnist/vipamin/final.safetensors --top-k 3 \
+		$(addprefix --data ,$(DEMO_IMAGES))
 
 ## demo-pipeline: embed, init, tune, eval one by one on scikit-learn's digits (vit-tiny-test)
 demo-pipeline: $(STAMP)

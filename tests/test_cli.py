@@ -10,7 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
-COMMANDS = ["embed", "info", "backbones", "demo"]
+COMMANDS = ["embed", "info", "backbones", "demo", "predict", "export"]
 
 
 def _vipamin(*args: str, cwd=None) -> subprocess.CompletedProcess:

@@ -212,6 +212,10 @@ def _base(name: str, art: SimpleNamespace, out: Path) -> list[str]:
     if name == "eval":
         return ["eval", "--checkpoint", art.ckpt, "--embeddings", art.emb, "--device", "cpu", "--out",
                 out / "m.json"]
+    if name == "predict":
+        return ["predict", "--checkpoint", art.ckpt, "--data", art.data, "--device", "cpu", "--out", out / "p.csv"]
+    if name == "export":
+        return ["export", "--checkpoint", art.ckpt, "--out", out / "m.pt2"]
     if name == "benchmark":  # the linear probe only: the cheapest cell
         return ["benchmark", "--suite", "testbed", "--root", art.testbed, "--backbone", "vit-tiny-test", "--methods",
                 "linear", "--preset", "quick", "--epochs", "1", "--warmup-epochs", "0", "--lr", "0.5", "--seeds", "1",

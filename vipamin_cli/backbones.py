@@ -428,14 +428,52 @@ def builtin_weights_path(spec: BackboneSpec) -> Path:
     return path
 
 
-def load_backbone_from_identity(identity: dict[str, Any]) -> Backbone:
-    """Rebuild the backbone an artifact was made with, and check it is bit-for-bit the same."""
-    source = identity.get("weights_source", "")
-    weights = source[len("file:"):] if source.startswith("file:") else None
+def recorded_weights(identity: dict[str, Any]) -> str | None:
+    """The ``--weights`` value that rebuilds the weights an artifact records: its local file, 'random'
+    for seeded weights of a non-test backbone, or None (hub, built-in and test backbones need none)."""
+    source = str(identity.get("weights_source", ""))
+    if source.startswith("file:"):
+        return source[len("file:"):]
     if source.startswith("seeded:") and identity.get("family") != "test":
-        weights = "random"
-    backbone = load_backbone(identity["name"], weights=weights, img_size=identity.get("img_size"))
-    if backbone.fingerprint != identity.get("weights_fingerprint"):
-        raise InputError(f"the weights of backbone '{identity['name']}' ({source}) changed since the artifact was made",
-                         "re-run `vipamin embed` with the current weights")
-    return backbone
+        return "random"
+    return None
+
+
+def load_backbone_from_identity(identity: dict[str, Any], backbone: str | None = None,
+                                weights: str | os.PathLike | None = None, what: str = "the artifact") -> Backbone:
+    """Rebuild the backbone an artifact (``what``) was made with, and check it is bit-for-bit the same.
+
+    The one place every command that reads an artifact gets its backbone: the name and weights come
+    from the artifact's metadata unless ``backbone`` / ``weights`` (the user's --backbone / --weights)
+    are given; a recorded local weights file that is gone or changed is named with the option to pass.
+    """
+    name = identity["name"]
+    if backbone is not None and backbone != name:
+        raise InputError(f"{what} was made with backbone '{name}', not '{backbone}'",
+                         f"drop --backbone (the recorded one is used) or pass --backbone {name}")
+    source = str(identity.get("weights_source", ""))
+    recorded = recorded_weights(identity)
+    fingerprint = str(identity.get("weights_fingerprint"))[:8]
+    if weights is None and source.startswith("file:") and not Path(recorded).is_file():
+        raise InputError(f"the backbone weights file {recorded} recorded in {what} is gone",
+                         f"pass --weights PATH to a copy of it (weights fingerprint {fingerprint})")
+    try:
+        loaded = load_backbone(name, weights=weights if weights is not None else recorded,
+                               img_size=identity.get("img_size"))
+    except InputError as exc:
+        if weights is not None or not source.startswith("file:"):
+            raise
+        raise InputError(f"the backbone weights file {recorded} recorded in {what} changed and cannot be loaded "
+                         f"({exc.message})", "pass --weights PATH to the original weights") from None
+    if loaded.fingerprint == identity.get("weights_fingerprint"):
+        return loaded
+    if weights is not None:
+        raise InputError(f"--weights {weights} are not the weights {what} was made with ({source}, fingerprint "
+                         f"{fingerprint}, got {loaded.fingerprint[:8]})",
+                         "pass --weights with the same weights file, or drop it to use the recorded one")
+    if source.startswith("file:"):
+        raise InputError(f"the backbone weights file {recorded} recorded in {what} changed since it was made "
+                         f"(fingerprint {loaded.fingerprint[:8]}, recorded {fingerprint})",
+                         "pass --weights PATH to the original weights, or re-run `vipamin embed` with the new ones")
+    raise InputError(f"the weights of backbone '{name}' ({source}) changed since {what} was made",
+                     "pass --weights PATH to the original weights, or re-run `vipamin embed` with the current ones")

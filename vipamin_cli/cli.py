@@ -56,6 +56,15 @@ def _agree_before_traceback(message: str, code: int) -> None:
         distributed.agree_failure(message, code)
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush cannot fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor (a test's captured stdout)
+        pass
+
+
 def handle_errors(fn: F) -> F:
     """Turn library errors into one line on stderr and an exit code; tracebacks only with --debug."""
 
@@ -72,6 +81,9 @@ def handle_errors(fn: F) -> F:
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except BrokenPipeError:  # the reader of stdout went away (`vipamin predict ... | head`): stop quietly
+            _silence_stdout()
+            raise typer.Exit(0) from None
         except Exception as exc:  # an unexpected failure still gets one line, not a traceback
             text = str(exc).splitlines()[0] if str(exc) else ""
             if _STATE["debug"]:
@@ -673,6 +685,98 @@ def eval_(
         typer.echo(text)
     else:
         render_metrics(result)
+
+
+PREDICT_INPUT = "Input"
+PREDICT_OUTPUT = "Output"
+PREDICT_RUNTIME = "Runtime"
+MODEL_PANEL = "Model"
+RunOpt = Annotated[int | None, typer.Option("--run", rich_help_panel=MODEL_PANEL, help="Use only this run of the "
+                                            "checkpoint (0-based index, as `vipamin info` lists them). Default: "
+                                            "average every run's (seed's) softmax probabilities. E.g. --run 0.")]
+RecordedBackboneOpt = Annotated[str | None, typer.Option("--backbone", "-b", rich_help_panel=MODEL_PANEL,
+                                                         help="Backbone (default: the one the checkpoint records; "
+                                                         "checked against it).")]
+RecordedWeightsOpt = Annotated[str | None, typer.Option("--weights", rich_help_panel=MODEL_PANEL, help="Backbone "
+                                                        "weights file (default: the weights the checkpoint "
+                                                        "records; needed only when the recorded local file moved)."
+                                                        " E.g. --weights mae.pth.")]
+
+
+@app.command(epilog="Example: vipamin predict -c flowers.safetensors -d photos/ --out preds.csv  (or: find photos "
+             "-name '*.jpg' | vipamin predict -c flowers.safetensors -d - --top-k 1)")
+@handle_errors
+def predict(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint from `vipamin tune`.",
+                                             rich_help_panel=PREDICT_INPUT)],
+    data: Annotated[list[str], typer.Option("--data", "-d", help="An image file, a folder of images (searched "
+                                            "recursively; class folders not needed), a list file (one image path "
+                                            "per line, relative to the list's folder; '-' = read it from stdin), "
+                                            "hf:<owner>/<name> or hf-disk:<dir>. Repeat for several.",
+                                            rich_help_panel=PREDICT_INPUT)],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes per image, most probable first. E.g. "
+                                       "--top-k 1.", rich_help_panel=PREDICT_OUTPUT)] = 5,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the rows here (.csv or .jsonl, by suffix), "
+                                             "atomically. Default: stdout, one line per image.",
+                                             rich_help_panel=PREDICT_OUTPUT)] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto (by --out's suffix; text on stdout) | text (tab-"
+                                     "separated: path, then class and probability pairs) | csv (path,class_1,"
+                                     "prob_1,...,error) | jsonl ({\"path\", \"top\": [{\"class\", \"prob\"}], "
+                                     "\"error\"}).", rich_help_panel=PREDICT_OUTPUT)] = "auto",
+    run: RunOpt = None,
+    split: Annotated[str | None, typer.Option("--split", help="Split of an hf:/hf-disk: source (default test).",
+                                              rich_help_panel=PREDICT_INPUT)] = None,
+    image_column: Annotated[str, typer.Option("--image-column", help="Image column of an hf:/hf-disk: source.",
+                                              rich_help_panel=PREDICT_INPUT)] = "image",
+    backbone: RecordedBackboneOpt = None,
+    weights: RecordedWeightsOpt = None,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda (bf16 autocast on CUDA).",
+                                        rich_help_panel=PREDICT_RUNTIME)] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward batch (memory is bounded by "
+                                            "it). E.g. --batch-size 128.", rich_help_panel=PREDICT_RUNTIME)] = 64,
+    workers: Annotated[int | None, typer.Option("--workers", help="Image decoding workers (default: 0 on CPU, up "
+                                                "to 8 on CUDA). E.g. --workers 4.",
+                                                rich_help_panel=PREDICT_RUNTIME)] = None,
+) -> None:
+    """Classify new images with a tuned checkpoint: each image's top-k classes and probabilities.
+
+    Images are decoded and run in streamed batches with the preprocessing `embed` used. A checkpoint
+    with several runs (seeds) predicts with their averaged probabilities unless --run picks one. An
+    unreadable image gets one line on stderr and a row with its error; the others are still
+    predicted. Exit codes: 0 every image predicted, 3 some images could not be read (their rows say
+    why), 2 bad input (nothing written), 1 runtime failure, 130 interrupted.
+    """
+    from .predict import PARTIAL_EXIT
+    from .predict import predict as run_predict
+
+    summary = run_predict(checkpoint, data, out=out, top_k=top_k, fmt=fmt, run=run, device=device,
+                          batch_size=batch_size, workers=workers, split=split, image_column=image_column,
+                          backbone=backbone, weights=weights)
+    if summary.failed:
+        raise typer.Exit(PARTIAL_EXIT)
+
+
+@app.command(epilog="Example: vipamin export --checkpoint flowers.safetensors --out flowers.pt2")
+@handle_errors
+def export(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint from `vipamin tune`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The program file (.pt2); <out>.json is written beside "
+                                      "it.")],
+    run: RunOpt = None,
+    backbone: RecordedBackboneOpt = None,
+    weights: RecordedWeightsOpt = None,
+) -> None:
+    """Save the tuned classifier (frozen backbone + prompts + head) with torch.export.
+
+    The file loads with torch.export.load alone (no vipamin, no timm), takes any batch size at the
+    checkpoint's input resolution, and returns logits (with several runs: the log of their averaged
+    probabilities). Class names and preprocessing are in its extra file vipamin.json and in
+    <out>.json. Prints the path of the program on stdout.
+    """
+    from .export import export_classifier
+
+    result = export_classifier(checkpoint, out, run=run, backbone=backbone, weights=weights)
+    typer.echo(str(result.out))
 
 
 @app.command(epilog="Example: vipamin info embeddings.safetensors --json")

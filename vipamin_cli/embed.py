@@ -560,18 +560,22 @@ def _cache_hit(cached: Path | None, key: str, out: str | os.PathLike | None) -> 
     return EmbedResult(path=dest, from_cache=True, meta=meta)
 
 
-def embed_data(backbone: str, data: str, weights: str | None = None, split: str | None = None,
+def embed_data(backbone: str | Backbone, data: str, weights: str | None = None, split: str | None = None,
                shots: int | None = None, config: EmbedConfig | None = None, out: str | os.PathLike | None = None,
                cache_dir: str | os.PathLike | None = None, use_cache: bool = True, image_column: str = "image",
                label_column: str = "label", show_progress: bool = True) -> EmbedResult:
-    """The library form of `vipamin embed`: names in, an embeddings file out (cached)."""
-    from .backbones import load_backbone
+    """The library form of `vipamin embed`: names in, an embeddings file out (cached).
+
+    ``backbone`` may also be a loaded :class:`Backbone` (e.g. the one a checkpoint records); then
+    ``weights`` is ignored.
+    """
+    from .backbones import Backbone, load_backbone
     from .data import open_dataset
 
     config = config or EmbedConfig()
     check_embed_request(config, out, cache_dir, use_cache, weights)
     image_set = open_dataset(data, split=split, shots=shots, seed=config.seed, image_column=image_column,
                              label_column=label_column)
-    model = load_backbone(backbone, weights=weights)
+    model = backbone if isinstance(backbone, Backbone) else load_backbone(backbone, weights=weights)
     return embed_dataset(model, image_set, config, out=out, cache_dir=cache_dir, use_cache=use_cache,
                          show_progress=show_progress)

@@ -41,40 +41,58 @@ def evaluate(checkpoint: str | os.PathLike, embeddings: str | os.PathLike | None
              data: str | None = None, weights: str | None = None, split: str | None = "test",
              embed_config: Any = None, cache_dir: str | os.PathLike | None = None, device: str = "auto",
              batch_size: int = 256) -> dict[str, Any]:
-    """Evaluate every run of ``checkpoint`` on cached embeddings of the evaluation split."""
+    """Evaluate every run of ``checkpoint`` on cached embeddings of the evaluation split.
+
+    The backbone (and its weights) is the one the checkpoint records unless ``backbone`` /
+    ``weights`` are given; with ``data`` the split is embedded with it (cached).
+    """
     from .backbones import load_backbone_from_identity
     from .embed import embed_data, resolve_device
-    from .train import predict
-    from .tune import check_compatible, load_runs
 
     if embed_config is not None:
         embed_config.validate({"seed": "--data-seed", "batch_size": "--embed-batch-size"})
     ckpt = load_artifact(checkpoint, "checkpoint", what="--checkpoint")
     if ckpt.meta.get("partial"):
         raise InputError(f"{checkpoint} is an unfinished run's resume state", "finish it with `vipamin tune --resume`")
-    if embeddings is None:
-        if data is None:
-            raise InputError("eval needs --embeddings FILE, or --data (with --backbone)",
-                             "pass --embeddings from `vipamin embed`, or --backbone B --data D --split test")
-        name = backbone or ckpt.meta["backbone"]["name"]
-        embeddings = embed_data(name, data, weights=weights, split=split, config=embed_config,
-                                cache_dir=cache_dir).path
-    emb = load_artifact(embeddings, "embeddings", what="--embeddings")
-    check_compatible(ckpt.meta, emb.meta, f"checkpoint {checkpoint}", f"embeddings {embeddings}")
+    if embeddings is None and data is None:
+        raise InputError("eval needs --embeddings FILE, or --data (with --backbone)",
+                         "pass --embeddings from `vipamin embed`, or --backbone B --data D --split test")
+    from .tune import check_compatible
+
     dev = resolve_device(device)
-    vit = load_backbone_from_identity(ckpt.meta["backbone"]).model
+    if embeddings is not None:  # the cheap checks first
+        emb = load_artifact(embeddings, "embeddings", what="--embeddings")
+        check_compatible(ckpt.meta, emb.meta, f"checkpoint {checkpoint}", f"embeddings {embeddings}")
+    bb = load_backbone_from_identity(ckpt.meta["backbone"], backbone=backbone, weights=weights,
+                                     what=f"--checkpoint {checkpoint}")
+    if embeddings is None:
+        embeddings = embed_data(bb, data, split=split, config=embed_config, cache_dir=cache_dir).path
+        emb = load_artifact(embeddings, "embeddings", what="--embeddings")
     labels = emb["labels"]
     num_classes = ckpt.meta["num_classes"]
     runs = []
-    for j, model in enumerate(load_runs(ckpt, vit)):
-        model.to(dev)
-        logits = predict(model, emb["tokens"], dev, batch_size)
+    for j, logits in enumerate(run_logits(ckpt, emb, bb.model, dev, batch_size, checkpoint, embeddings)):
         m = metrics_from_logits(logits, labels, num_classes)
         m["seed"] = ckpt.meta["runs"][j]["config"]["seed"]
         runs.append(m)
     return {"checkpoint": str(checkpoint), "embeddings": str(embeddings), "split": emb.meta["data"]["split"],
             "class_names": ckpt.meta["data"]["class_names"], "runs": runs, "summary": summarise(runs),
             "selection": ckpt.meta.get("selection")}
+
+
+def run_logits(ckpt: Any, emb: Any, vit: torch.nn.Module, device: torch.device, batch_size: int = 256,
+               checkpoint_name: object = "the checkpoint", embeddings_name: object = "the embeddings",
+               ) -> list[torch.Tensor]:
+    """Each run's logits (N, C) on the cached tokens of ``emb`` (float32, on CPU): what eval scores."""
+    from .train import predict
+    from .tune import check_compatible, load_runs
+
+    check_compatible(ckpt.meta, emb.meta, f"checkpoint {checkpoint_name}", f"embeddings {embeddings_name}")
+    out = []
+    for model in load_runs(ckpt, vit):
+        model.to(device)
+        out.append(predict(model, emb["tokens"], device, batch_size))
+    return out
 
 
 def render_metrics(result: dict[str, Any]) -> None:

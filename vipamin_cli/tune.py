@@ -382,12 +382,29 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
         raise InputError("--seeds for the final runs is empty", "pass e.g. --seeds 42,44,82")
     out, dev, precision_used, compile_blocks, _ = check_tune_request(
         inputs, base, lrs, weight_decays, seeds, out, device, grid_batch, precision, compile_mode, final_seeds)
+    if resume:
+        inputs = resume_backbone(inputs, out)
     from . import distributed
 
     # Under torchrun rank 0 alone holds the lock: it writes the checkpoint; each rank has its own partial.
     with output_lock(out) if distributed.is_main() else contextlib.nullcontext():
         return _tune(inputs, base, lrs, weight_decays, seeds, out, dev, resume, show_progress, on_epoch, grid_batch,
                      precision_used, compile_blocks, final_seeds, recipe)
+
+
+def resume_backbone(inputs: TuneInputs, out: Path) -> TuneInputs:
+    """``--resume`` with --data: the backbone and weights the resume state records, unless --backbone /
+    --weights are given (then checked against it), so the user need not repeat them."""
+    from .backbones import load_backbone_from_identity, recorded_weights
+
+    partial = _partial_path(out)
+    if inputs.embeddings is not None or inputs.data is None or not partial.exists():
+        return inputs  # embeddings carry their backbone; "nothing to resume" is reported later
+    identity = read_metadata(partial)["backbone"]
+    load_backbone_from_identity(identity, backbone=inputs.backbone, weights=inputs.weights,
+                                what=f"the resume state {partial}")
+    return replace(inputs, backbone=identity["name"],
+                   weights=inputs.weights if inputs.weights is not None else recorded_weights(identity))
 
 
 def check_tune_request(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: list[float],
@@ -515,7 +532,7 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
     if sweeping and val is None:
         raise InputError("a sweep over several init / lr / weight decay values needs validation data",
                          "pass --val SPLIT or --val-embeddings FILE")
-    backbone = load_backbone_from_identity(identity)
+    backbone = load_backbone_from_identity(identity, weights=inputs.weights, what="the training embeddings")
     grid = (identity["img_size"] // identity["patch"],) * 2
     _check_geometry(base, backbone.model, grid, train, inputs, dev)
     from . import distributed

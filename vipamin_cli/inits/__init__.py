@@ -108,10 +108,7 @@ def init_prompts(config: InitConfig, embeddings: str | os.PathLike | None = None
                                 cache_dir=cache_dir, show_progress=show_progress).path
     art = load_artifact(embeddings, "embeddings", what="--embeddings")
     identity = art.meta["backbone"]
-    if backbone is not None and backbone != identity["name"]:
-        raise InputError(f"--embeddings {embeddings} were made with backbone '{identity['name']}', not '{backbone}'",
-                         f"pass --backbone {identity['name']} or embed with {backbone}")
-    bb = load_backbone_from_identity(identity)
+    bb = load_backbone_from_identity(identity, backbone=backbone, weights=weights, what=f"--embeddings {embeddings}")
     blocks = len(bb.model.blocks) if config.deep else 1
     v.memory_fits(v.prompt_memory(config.num_prompts, int(bb.model.embed_dim), blocks) * 4, "--prompt-length",
                   config.num_prompts, device)
