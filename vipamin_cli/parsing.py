@@ -147,3 +147,11 @@ def strict_group_class() -> type:
             return super().main(*args, **kwargs)
 
     return StrictGroup
+
+
+def json_int(value: Any, what: str, fix: str) -> int:
+    """An integer field of a JSON file: a JSON integer only (not a string such as "1_0", not a bool
+    or a float), so a hand-edited file cannot smuggle in a number ``int()`` would stretch to read."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{what} is {value!r}, not a JSON integer", fix)
+    return value
