@@ -313,10 +313,10 @@ def _check_registers(state_dict: dict[str, Any], model: VisionTransformer, path:
     if has and not want:
         raise InputError(f"weights file {path} does not fit backbone '{name}': it holds {has} register tokens "
                          "(a DINOv2-with-registers checkpoint) that the backbone lacks; dropping them would change "
-                         "the network", _KEY_HINTS[0][1])
+                         "the network", _REGISTER_FIX)
     if want and not has:
         raise InputError(f"weights file {path} does not fit backbone '{name}': the backbone has {want} register "
-                         "tokens but the file has none", _MISSING_HINTS[0][1])
+                         "tokens but the file has none", _NO_REGISTER_FIX)
 
 
 def _check_patch(patch: tuple[int, ...], model: VisionTransformer, path: str | os.PathLike, name: str) -> None:
@@ -368,12 +368,12 @@ def _from_jax_npz(checkpoint: Any, model: VisionTransformer, name: str) -> dict[
     return {k: v for k, v in scratch.state_dict().items() if not (v.is_floating_point() and torch.isnan(v).any())}
 
 
-# What an unexpected or missing key means, for the refusal's hint.
-_KEY_HINTS = (("reg_token", "register tokens (a DINOv2-with-registers checkpoint): pick a backbone with registers, "
-               "e.g. dinov2-vit-b-reg or timm:vit_base_patch14_reg4_dinov2"),
-              (".ls1.gamma", "layer-scale gammas (a DINOv2 / DeiT-III / CaiT checkpoint): pick that family's backbone, "
-               "e.g. dinov2-vit-b"))
-_MISSING_HINTS = (("reg_token", "the file has no register tokens: pick a backbone without them, e.g. dinov2-vit-b"),)
+# What an unexpected or missing key means, and the fix the refusal suggests.
+_REGISTER_FIX = "pick a backbone with registers, e.g. dinov2-vit-b-reg or timm:vit_base_patch14_reg4_dinov2"
+_NO_REGISTER_FIX = "the file has no register tokens: pick a backbone without them, e.g. dinov2-vit-b"
+_KEY_HINTS = (("reg_token", "register tokens", _REGISTER_FIX),
+              (".ls1.gamma", "layer-scale gammas of a DINOv2 / DeiT-III / CaiT network",
+               "pick that family's backbone, e.g. dinov2-vit-b (see `vipamin backbones`)"))
 
 
 def _shown(keys: list[str]) -> str:
@@ -394,9 +394,10 @@ def load_weights_file(model: VisionTransformer, path: str | os.PathLike, name: s
     fix = "pass the checkpoint of this architecture or pick the matching --backbone"
     extra = [k for k in sd if k not in own]
     if extra:
-        hint = next((h for pattern, h in _KEY_HINTS if any(pattern in k for k in extra)), fix)
+        what, hint = next(((f": {w}", h) for pattern, w, h in _KEY_HINTS if any(pattern in k for k in extra)),
+                          ("", fix))
         raise InputError(f"weights file {path} does not fit backbone '{name}': it has weights the backbone lacks "
-                         f"({_shown(extra)}); dropping them would change the network", hint)
+                         f"({_shown(extra)}{what}); dropping them would change the network", hint)
     for k, v in sd.items():
         if tuple(own[k].shape) != tuple(v.shape):
             raise InputError(
@@ -404,7 +405,7 @@ def load_weights_file(model: VisionTransformer, path: str | os.PathLike, name: s
                 f"expected {tuple(own[k].shape)}", fix)
     missing = [k for k in own if k not in sd]
     if missing:
-        hint = next((h for pattern, h in _MISSING_HINTS if any(pattern in k for k in missing)), fix)
+        hint = _NO_REGISTER_FIX if "reg_token" in missing else fix
         raise InputError(f"weights file {path} does not fit backbone '{name}': missing {_shown(missing)}", hint)
     model.load_state_dict(sd, strict=True)
 
