@@ -90,9 +90,9 @@ def string_list(text: str | None, option: str) -> list[str]:
 
 
 def _items(text: str | None, option: str, example: str) -> list[str]:
-    if text is None or not str(text).strip():
+    items = [item.strip() for item in str(text).split(",")] if text is not None else []
+    if not any(items):  # "", " " and "," alike
         raise InputError(f"{option} is empty", f"pass at least one value, e.g. {option} {example}")
-    items = [item.strip() for item in str(text).split(",")]
     if any(not item for item in items):
         raise InputError(f"{option} '{text}' has an empty item", f"separate values by single commas, e.g. "
                          f"{option} {example}")
