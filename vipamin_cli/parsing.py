@@ -56,8 +56,9 @@ def distinct(values: Sequence[Any], option: str, example: str | None = None) -> 
     for value in values:
         if value in seen:
             fix = f"drop the repeat, e.g. {option} {example}" if example else f"list each value of {option} once"
-            raise InputError(f"{option} lists {value!r} twice; each value is one configuration or run, so a repeat "
-                             "would train the same thing twice (and count copies in the mean and std)", fix)
+            why = ("the mean and std over seeds would count copies of one run" if "seed" in option else
+                   "it would run the same thing twice")
+            raise InputError(f"{option} lists {value!r} twice; {why}", fix)
         seen[value] = value
 
 
@@ -72,8 +73,9 @@ def number_list(text: str | None, option: str, kind: type = float) -> list:
         value = int_or_none(item) if kind is int else float_or_none(item)
         if value is None:
             form = INT_FORM if kind is int else FLOAT_FORM
-            raise InputError(f"{option} '{text}': '{item}' is not {'an integer' if kind is int else 'a number'} "
-                             f"({form})", f"pass e.g. {option} {example}")
+            where = f"{option} '{item}'" if len(items) == 1 else f"{option} '{text}': '{item}'"
+            raise InputError(f"{where} is not {'an integer' if kind is int else 'a number'} ({form})",
+                             f"pass e.g. {option} {example}")
         values.append(value)
     if kind is float:
         for value in values:
