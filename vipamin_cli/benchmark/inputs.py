@@ -24,22 +24,28 @@ def task_splits(task: Task) -> list[str]:
     return list(dict.fromkeys((task.sweep_train, task.sweep_val, task.final_train, task.test)))
 
 
-def task_inputs(task: Task, weights_file: str | None, seed: int = 0) -> dict[str, Any]:
+def task_inputs(task: Task, weights_file: str | None, seed: int = 0,
+                memo: dict[tuple[Any, ...], str] | None = None) -> dict[str, Any]:
     """The fingerprint of each split ``task`` reads and ``weights_file`` (the weights file's
     :func:`file_digest`, computed once per run); a split with fewer
     than two classes (a cell on it could only report a meaningless top-1) is refused here, before any
-    cell runs."""
+    cell runs. ``memo`` keeps fingerprints across tasks that share a folder (FGVC few-shot: one
+    dataset, four K), so each split is read once per run."""
     from ..data import open_dataset
     from ..data.labels import check_trainable
 
+    memo = {} if memo is None else memo
     splits = {}
     for split in task_splits(task):
         shots = task.shots if split in (task.sweep_train, task.final_train) else None
-        image_set = open_dataset(str(task.path), split=split, shots=shots, seed=seed)
-        if split in (task.sweep_train, task.final_train):
-            check_trainable([s.label for s in image_set.samples], len(image_set.class_names),
-                            f"task {task.name}: split {split} of {task.path}")
-        splits[split] = image_set.fingerprint()
+        key = (str(task.path), split, shots, seed)
+        if key not in memo:
+            image_set = open_dataset(str(task.path), split=split, shots=shots, seed=seed)
+            if split in (task.sweep_train, task.final_train):
+                check_trainable([s.label for s in image_set.samples], len(image_set.class_names),
+                                f"task {task.name}: split {split} of {task.path}")
+            memo[key] = image_set.fingerprint()
+        splits[split] = memo[key]
     return {"splits": splits, "weights_file": weights_file}
 
 

@@ -383,10 +383,10 @@ def _plan_cells(suite: Suite, methods: list[str], recipe: Preset | None, cell_pr
     and new data) when only its inputs changed: the data of a split, or the weights file."""
     from ..embed import EmbedConfig
 
-    seed, weights_file, seen = EmbedConfig().seed, file_digest(spec.weights), {}
+    seed, weights_file, seen, memo = EmbedConfig().seed, file_digest(spec.weights), {}, {}
     todo: list[tuple[Task, str, dict[str, Any]]] = []
     for task in suite.tasks:
-        inputs = seen[task.name] = task_inputs(task, weights_file, seed)
+        inputs = seen[task.name] = task_inputs(task, weights_file, seed, memo)
         for method in methods:
             key = f"{task.name}/{method}"
             sig = cell_signature(task, method, recipe, spec, cell_protocols[method], inputs=inputs)
@@ -404,7 +404,7 @@ def _plan_cells(suite: Suite, methods: list[str], recipe: Preset | None, cell_pr
 
     def inputs_of(task: Task) -> dict[str, Any]:
         if task.name not in seen:
-            seen[task.name] = task_inputs(task, weights_file, seed)
+            seen[task.name] = task_inputs(task, weights_file, seed, memo)
         return seen[task.name]
 
     _retire_unselected(suite, methods, results, invocation, inputs_of)
