@@ -263,7 +263,7 @@ def test_every_numeric_and_list_option(command: str, option: str, value: str, ar
     (["tune", "--seeds", f"1,{2**64}"], ["--seeds", "seed range"]),
     (["tune", "--vapt-first-block", "4"], ["--vapt-first-block 4", "4 blocks"]),
     (["tune", "--vapt-kernel", "5"], ["--vapt-kernel 5", "4x4 patch grid"]),
-    (["tune", "--weight-decay", "nan"], ["--weight-decay nan", "finite"]),
+    (["tune", "--weight-decay", "nan"], ["--weight-decay 'nan' is not a number"]),
     (["tune", "--lr", "0.1,,0.2"], ["--lr", "empty item"]),
 ])
 def test_range_checks_name_the_option(args: list[str], names: list[str], art: SimpleNamespace, tmp_path: Path,
