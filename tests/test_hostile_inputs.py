@@ -61,7 +61,7 @@ def art(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     from vipamin_cli.testbed.make import make_testbed
 
     testbed = root / "testbed"
-    make_testbed(testbed, seed=0, tasks=["mnist"], train_size=6, val_size=4, test_size=4)
+    make_testbed(testbed, seed=0, tasks=["mnist"], train_size=16, val_size=8, test_size=12)  # all 10 classes
     return SimpleNamespace(root=root, data=data, emb=emb, prompts=prompts, ckpt=ckpt, testbed=testbed)
 
 

@@ -280,3 +280,13 @@ def test_benchmark_refuses_a_task_whose_training_split_has_one_class(tmp_path: P
     assert code == 2 and err.count("\n") == 1, err
     assert "task solo: split train800 of" in err and "holds images of 1 class only (of 2)" in err, err
     assert not (tmp_path / "bench" / "cells").exists()
+
+
+def test_make_testbed_refuses_sizes_that_leave_a_class_without_images(tmp_path: Path) -> None:
+    from vipamin_cli.errors import InputError
+    from vipamin_cli.testbed.make import make_testbed
+
+    with pytest.raises(InputError, match=r"task mnist: 6 train \+ 4 val \+ 4 test images leave class 5 of 10 "
+                       "without any image; pass larger sizes"):
+        make_testbed(tmp_path / "tb", seed=0, tasks=["mnist"], train_size=6, val_size=4, test_size=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

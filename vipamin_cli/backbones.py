@@ -295,10 +295,10 @@ def adapt_state_dict(checkpoint: Any, model: VisionTransformer, path: str | os.P
     try:
         out = checkpoint_filter_fn(state_dict, model)
     except (RuntimeError, ValueError, KeyError, IndexError) as exc:  # a layout timm cannot map onto this model
-        from .checkpoints import _first_sentence
+        from .checkpoints import first_sentence
 
         raise InputError(f"weights file {path} does not fit backbone '{name}': timm cannot convert it "
-                         f"({_first_sentence(str(exc)) or type(exc).__name__})",
+                         f"({first_sentence(str(exc)) or type(exc).__name__})",
                          "pass the checkpoint of this architecture or pick the matching --backbone") from None
     return {k: v for k, v in out.items() if not k.startswith(_UNUSED_AFTER_FILTER)}
 
@@ -361,9 +361,9 @@ def _from_jax_npz(checkpoint: Any, model: VisionTransformer, name: str) -> dict[
         raise InputError(f"weights file {path} does not fit backbone '{name}': the npz lacks {exc.args[0]}",
                          "pass the checkpoint of this architecture or pick the matching --backbone") from None
     except (RuntimeError, ValueError) as exc:
-        from .checkpoints import _first_sentence
+        from .checkpoints import first_sentence
 
-        raise InputError(f"weights file {path} does not fit backbone '{name}': {_first_sentence(str(exc))}",
+        raise InputError(f"weights file {path} does not fit backbone '{name}': {first_sentence(str(exc))}",
                          "pass the checkpoint of this architecture or pick the matching --backbone") from None
     return {k: v for k, v in scratch.state_dict().items() if not (v.is_floating_point() and torch.isnan(v).any())}
 

@@ -148,7 +148,7 @@ def _read_safetensors(p: Path) -> dict[str, torch.Tensor]:
         return load_file(str(p))
     except (SafetensorError, OSError, ValueError) as exc:
         what = describe_file(p)
-        detail = "" if what != "a safetensors file" else f": {_first_sentence(str(exc))}"
+        detail = "" if what != "a safetensors file" else f": {first_sentence(str(exc))}"
         raise InputError(f"weights file {p} is {'a damaged safetensors file' if detail else what}{detail}, not a "
                          "readable safetensors file", "re-download or re-export the checkpoint") from None
 
@@ -160,7 +160,7 @@ def _read_npz(p: Path) -> Checkpoint:
         with np.load(p, allow_pickle=False) as npz:
             files = list(npz.files)
     except (OSError, ValueError, EOFError) as exc:
-        raise InputError(f"weights file {p} is a damaged npz ({_first_sentence(str(exc))})",
+        raise InputError(f"weights file {p} is a damaged npz ({first_sentence(str(exc))})",
                          "re-download the checkpoint") from None
     if not any(k in files for k in JAX_KERNELS):
         raise InputError(f"weights file {p} is {describe_file(p)} without the JAX ViT layout (no "
@@ -186,10 +186,10 @@ def _torch_load(p: Path) -> Any:
                              "never unpickles (only tensors, plain containers and argparse.Namespace)",
                              "re-save just the weights: torch.save(model.state_dict(), 'weights.pth')") from None
         raise InputError(f"weights file {p} is {describe_file(p)} that torch cannot read "
-                         f"({_first_sentence(text) or type(exc).__name__})", FIX) from None
+                         f"({first_sentence(text) or type(exc).__name__})", FIX) from None
 
 
-def _first_sentence(text: str, limit: int = 160) -> str:
+def first_sentence(text: str, limit: int = 160) -> str:
     """The first sentence of an error text, whole, or cut at a word with an ellipsis."""
     line = next((s.strip() for s in text.splitlines() if s.strip()), "")
     sentence = re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0]
