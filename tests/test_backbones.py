@@ -107,11 +107,11 @@ def test_weights_for_another_architecture_are_refused(tmp_path) -> None:
 def test_not_a_checkpoint_and_missing_file(tmp_path) -> None:
     bogus = tmp_path / "weights.pth"
     bogus.write_text("not a checkpoint")
-    with pytest.raises(InputError, match=r"weights.pth: not a PyTorch checkpoint"):
+    with pytest.raises(InputError, match=r"weights.pth is a text file, not a checkpoint"):
         load_backbone("vit-tiny-test", weights=bogus)
     bad_st = tmp_path / "weights.safetensors"
     bad_st.write_bytes(b"\x00" * 20)
-    with pytest.raises(InputError, match="not a valid safetensors file"):
+    with pytest.raises(InputError, match="is a binary file of unknown format, not a readable safetensors file"):
         load_backbone("vit-tiny-test", weights=bad_st)
     with pytest.raises(InputError, match="weights file not found"):
         load_backbone("vit-tiny-test", weights=tmp_path / "missing.safetensors")
@@ -124,7 +124,8 @@ def test_pickled_objects_are_never_unpickled(tmp_path) -> None:
 
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {"x": Evil()}}, path)
-    with pytest.raises(InputError, match="not a PyTorch checkpoint"):
+    with pytest.raises(InputError, match="pickles the Python object print, which vipamin never "
+                       "unpickles"):
         load_backbone("vit-tiny-test", weights=path)
 
 

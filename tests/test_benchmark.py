@@ -143,20 +143,22 @@ def test_benchmark_named_recipe_reaches_the_cell_and_a_changed_recipe_is_refused
 
 
 def test_benchmark_cell_signature_without_recipe_is_unchanged(tiny_testbed) -> None:
+    from vipamin_cli.benchmark.inputs import task_inputs
     from vipamin_cli.benchmark.runner import BenchmarkSpec, cell_signature, protocols
     from vipamin_cli.benchmark.suites import resolve_suite
 
     task = resolve_suite("testbed", tiny_testbed, ["mnist"]).tasks[0]
+    inputs = task_inputs(task, None)
     spec = BenchmarkSpec(suite="testbed", root=tiny_testbed, backbone="vit-tiny-test", out="o", preset="quick")
     preset, cells = protocols(spec, ["random", "vipamin"])
     for method in ("random", "vipamin"):
-        assert set(cell_signature(task, method, preset, spec, cells[method])) == {
-            "task", "method", "backbone", "weights", "preset", "init_grid", "calib_size"}
+        assert set(cell_signature(task, method, preset, spec, cells[method], inputs=inputs)) == {
+            "task", "method", "backbone", "weights", "preset", "init_grid", "calib_size", "inputs"}
     spec = BenchmarkSpec(suite="testbed", root=tiny_testbed, backbone="vit-tiny-test", out="o", recipe="own")
     preset, cells = protocols(spec, ["vipamin"])
-    sig = cell_signature(task, "vipamin", preset, spec, cells["vipamin"])
+    sig = cell_signature(task, "vipamin", preset, spec, cells["vipamin"], inputs=inputs)
     assert preset is None and set(sig) == {
-        "task", "method", "backbone", "weights", "recipe", "cell_recipe", "protocol", "calib_size"}
+        "task", "method", "backbone", "weights", "recipe", "cell_recipe", "protocol", "calib_size", "inputs"}
     assert json.loads(json.dumps(sig)) == sig  # the cell folder's signature.json reads back equal: resumable
 
 
@@ -174,7 +176,10 @@ def test_benchmark_keeps_a_cut_off_cell_folder_with_the_same_signature(tiny_test
                                     "prompt_length": 4}, calib_size=8)
     preset, cells = protocols(spec, ["linear"])
     cell_dir = out / "cells" / "mnist" / "linear"
-    for signature, kept in ((cell_signature(task, "linear", preset, spec, cells["linear"]), True),
+    from vipamin_cli.benchmark.inputs import task_inputs
+
+    for signature, kept in ((cell_signature(task, "linear", preset, spec, cells["linear"],
+                                            inputs=task_inputs(task, None)), True),
                             ({"task": "another"}, False)):
         cell_dir.mkdir(parents=True, exist_ok=True)
         (cell_dir / "signature.json").write_text(json.dumps(signature))

@@ -61,7 +61,7 @@ def art(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     from vipamin_cli.testbed.make import make_testbed
 
     testbed = root / "testbed"
-    make_testbed(testbed, seed=0, tasks=["mnist"], train_size=6, val_size=4, test_size=4)
+    make_testbed(testbed, seed=0, tasks=["mnist"], train_size=16, val_size=8, test_size=12)  # all 10 classes
     return SimpleNamespace(root=root, data=data, emb=emb, prompts=prompts, ckpt=ckpt, testbed=testbed)
 
 
@@ -267,7 +267,7 @@ def test_every_numeric_and_list_option(command: str, option: str, value: str, ar
     (["tune", "--seeds", f"1,{2**64}"], ["--seeds", "seed range"]),
     (["tune", "--vapt-first-block", "4"], ["--vapt-first-block 4", "4 blocks"]),
     (["tune", "--vapt-kernel", "5"], ["--vapt-kernel 5", "4x4 patch grid"]),
-    (["tune", "--weight-decay", "nan"], ["--weight-decay nan", "finite"]),
+    (["tune", "--weight-decay", "nan"], ["--weight-decay 'nan' is not a number"]),
     (["tune", "--lr", "0.1,,0.2"], ["--lr", "empty item"]),
 ])
 def test_range_checks_name_the_option(args: list[str], names: list[str], art: SimpleNamespace, tmp_path: Path,

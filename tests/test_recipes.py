@@ -278,10 +278,10 @@ def test_cli_recipe_with_override_recorded_in_checkpoint(emb, tmp_path, cli) -> 
 
 @pytest.mark.parametrize("args, needle", [
     (["--recipe", "nope"], "unknown --recipe 'nope'"),
-    (["--lr", ","], "--lr ',' has an empty item"),
+    (["--lr", ","], "--lr is empty"),  # as --sample: no value at all
     (["--k", ""], "--k is empty"),
     (["--sample", ","], "--sample is empty"),
-    (["--seeds", ","], "--seeds ',' has an empty item"),
+    (["--seeds", "1,,2"], "--seeds '1,,2' has an empty item"),
     (["--ema", "1.5"], "--ema 1.5"),
     (["--tie-break", "coin"], "unknown --tie-break"),
     (["--final-split", "train800val200"], "--final-split needs --data"),

@@ -15,7 +15,7 @@ import torch
 from vipamin_cli.errors import InputError
 from vipamin_cli.testbed.mnist import PACKAGE_DATA, load_mnist, parse_idx
 
-SMALL = dict(train_size=12, val_size=6, test_size=12)
+SMALL = dict(train_size=16, val_size=8, test_size=12)  # every class gets an image
 
 
 def test_parse_idx_reads_an_independently_written_file() -> None:
@@ -55,18 +55,18 @@ def test_make_testbed_is_deterministic_and_vtab_readable(tmp_path: Path) -> None
     assert {t["group"] for t in manifest["tasks"]} == {"natural", "structured"}
     files = sorted(p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").rglob("*")
                    if p.is_file() and p.name != "manifest.json")
-    assert sorted(manifest["files"]) == files and len(files) == 4 * (4 + 12 + 6 + 12)
+    assert sorted(manifest["files"]) == files and len(files) == 4 * (4 + 16 + 8 + 12)
     m3 = make_testbed(tmp_path / "c", seed=1, tasks=["mnist"], **SMALL)
     assert json.loads(m3.read_text())["files"]["mnist/test.txt"] != manifest["files"]["mnist/test.txt"]
 
     root = tmp_path / "a" / "mnist"
     lines = (root / "train800.txt").read_text().splitlines()
-    assert len(lines) == 12 and all(re.fullmatch(r"images/train/\d{5}\.png \d", line) for line in lines)
+    assert len(lines) == 16 and all(re.fullmatch(r"images/train/\d{5}\.png \d", line) for line in lines)
     assert (root / "train800val200.txt").read_text() == (root / "train800.txt").read_text() + \
         (root / "val200.txt").read_text()
     train = open_dataset(str(root), split="train800")
     test = open_dataset(str(root), split="test")
-    assert len(train) == 12 and len(test) == 12 and train.load_image(0).size == (32, 32)
+    assert len(train) == 16 and len(test) == 12 and train.load_image(0).size == (32, 32)
     count = open_dataset(str(tmp_path / "a" / "count"), split="val200")
     assert count.load_image(0).size == (64, 64) and max(s.label for s in count.samples) < 6
     # no digit of a task's test split appears among its train/val images

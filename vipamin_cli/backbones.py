@@ -243,79 +243,171 @@ def _random_feature_init(model: VisionTransformer) -> VisionTransformer:
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file without ever unpickling arbitrary objects."""
-    import torch
+    """The tensors of a checkpoint file (see :mod:`checkpoints`), without ever unpickling arbitrary objects."""
+    from .checkpoints import read_checkpoint
 
-    from .validate import regular_input
-
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"weights file not found: {p}", "check the --weights path")
-    regular_input(p, "weights file", "pass a checkpoint file to --weights")
-    if p.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(p))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise InputError(f"cannot read weights file {p}: not a valid safetensors file ({exc})",
-                             "re-download or re-export the checkpoint") from None
-    try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for non-checkpoints; all mean the same to the user
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch's messages carry terminal colour codes
-        reason = text.splitlines()[0][:160] if text else type(exc).__name__
-        raise InputError(f"cannot read weights file {p}: not a PyTorch checkpoint ({reason})",
-                         "pass a .safetensors, .pth or .pth.tar state dict") from None
-    for key in ("state_dict", "model", "module"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not any(hasattr(v, "shape") for v in obj.values()):
-        raise InputError(f"weights file {p} holds no tensors", "pass a state dict checkpoint")
-    return {k: v for k, v in obj.items() if hasattr(v, "shape")}
+    ckpt = read_checkpoint(path)
+    if ckpt.kind != "state_dict":
+        raise InputError(f"weights file {path} is a JAX .npz; it has no state dict to read",
+                         "load it into a backbone with load_weights_file (or --weights)")
+    return ckpt.tensors
 
 
-_PREFIXES = ("module.base_encoder.", "module.encoder.", "module.", "base_encoder.", "encoder.", "backbone.")
-_DROP = ("head.", "fc_norm.", "predictor.", "decoder", "mask_token", "module.predictor.", "module.momentum_encoder.",
+_PREFIXES = ("module.base_encoder.", "module.backbone.", "module.encoder.", "module.", "base_encoder.", "encoder.",
+             "backbone.")
+# Weights a feature extractor does not use: heads, projectors, predictors, decoders, momentum encoders.
+# DINOv2's mask_token stays until timm's filter, which recognises DINOv2 files by it.
+_DROP = ("head.", "fc_norm.", "predictor.", "decoder", "module.predictor.", "module.momentum_encoder.",
          "momentum_encoder.")
+_UNUSED_AFTER_FILTER = ("mask_token",)  # masked-image-modelling token: not part of the forward pass
 
 
-def adapt_state_dict(state_dict: dict[str, torch.Tensor], model: VisionTransformer) -> dict[str, torch.Tensor]:
+def adapt_state_dict(checkpoint: Any, model: VisionTransformer, path: str | os.PathLike = "",
+                     name: str = "") -> dict[str, torch.Tensor]:
     """Bring a foreign ViT checkpoint into the layout of ``model`` (a timm VisionTransformer).
 
-    Strips MoCo-v3 (``module.base_encoder.``), DDP (``module.``) and similar prefixes, drops
-    classifier / projector / decoder weights, then runs timm's own filter, which converts other
-    layouts and resamples position embeddings to the model's grid.
+    The one place foreign layouts are adapted, as timm's ``_builder`` does: a JAX ``.npz``
+    (:class:`checkpoints.Checkpoint` of kind ``jax-npz``) goes through timm's npz loader; a state
+    dict has MoCo-v3 (``module.base_encoder.``), DINO (``backbone.``, ``module.backbone.``), DDP
+    (``module.``) and similar prefixes stripped and classifier / projector / decoder weights dropped,
+    then runs timm's ``checkpoint_filter_fn``, which converts DINOv2 (with or without registers),
+    CLIP and other layouts and resamples position embeddings to the model's grid. A patch size other
+    than the model's is refused before timm would resample the patch kernel (``path`` and ``name``
+    name the file and backbone in that message).
     """
     from timm.models.vision_transformer import checkpoint_filter_fn
 
+    from .checkpoints import Checkpoint
+
+    if isinstance(checkpoint, Checkpoint) and checkpoint.kind == "jax-npz":
+        return _from_jax_npz(checkpoint, model, name)
+    state_dict = checkpoint.tensors if isinstance(checkpoint, Checkpoint) else checkpoint
     keys = list(state_dict)
     for prefix in _PREFIXES:
         if any(k.startswith(prefix + "blocks.") or k.startswith(prefix + "patch_embed.") for k in keys):
             state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
             break
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith(_DROP)}
-    return checkpoint_filter_fn(state_dict, model)
+    kernel = state_dict.get("patch_embed.proj.weight")
+    if kernel is not None and kernel.dim() == 4:
+        _check_patch(tuple(kernel.shape[-2:]), model, path, name)
+    _check_registers(state_dict, model, path, name)
+    try:
+        out = checkpoint_filter_fn(state_dict, model)
+    except (RuntimeError, ValueError, KeyError, IndexError) as exc:  # a layout timm cannot map onto this model
+        from .checkpoints import first_sentence
+
+        raise InputError(f"weights file {path} does not fit backbone '{name}': timm cannot convert it "
+                         f"({first_sentence(str(exc)) or type(exc).__name__})",
+                         "pass the checkpoint of this architecture or pick the matching --backbone") from None
+    return {k: v for k, v in out.items() if not k.startswith(_UNUSED_AFTER_FILTER)}
+
+
+def _check_registers(state_dict: dict[str, Any], model: VisionTransformer, path: str | os.PathLike,
+                     name: str) -> None:
+    """Register tokens in the file but not the model (or the reverse) change the network, and timm's
+    conversion of the position table would fail on them: refuse before it runs."""
+    tokens = state_dict.get("register_tokens", state_dict.get("reg_token"))
+    has = 0 if tokens is None else int(tokens.shape[1])
+    want = int(getattr(model, "num_reg_tokens", 0) or 0)
+    if has and not want:
+        raise InputError(f"weights file {path} does not fit backbone '{name}': it holds {has} register tokens "
+                         "(a DINOv2-with-registers checkpoint) that the backbone lacks; dropping them would change "
+                         "the network", _REGISTER_FIX)
+    if want and not has:
+        raise InputError(f"weights file {path} does not fit backbone '{name}': the backbone has {want} register "
+                         "tokens but the file has none", _NO_REGISTER_FIX)
+
+
+def _check_patch(patch: tuple[int, ...], model: VisionTransformer, path: str | os.PathLike, name: str) -> None:
+    """timm would resample a patch kernel of another size silently: a different network, so refuse."""
+    want = tuple(model.patch_embed.proj.weight.shape[-2:])
+    if patch != want:
+        raise InputError(f"weights file {path} has {patch[0]}x{patch[1]} patches but backbone '{name}' uses "
+                         f"{want[0]}x{want[1]}; resampling the patch kernel would change the network",
+                         f"pick a backbone with patch {patch[0]} (see `vipamin backbones`, or timm:<name>)")
+
+
+def _from_jax_npz(checkpoint: Any, model: VisionTransformer, name: str) -> dict[str, torch.Tensor]:
+    """A Google ViT ``.npz`` (VPT's ImageNet-21k file) through timm's own npz loader, into a scratch
+    copy of ``model``; weights the file lacks stay NaN and are reported missing by the caller."""
+    import copy
+
+    import numpy as np
+    import torch
+    from timm.models.vision_transformer import _load_weights
+
+    from .checkpoints import JAX_KERNELS
+
+    path, files = checkpoint.path, checkpoint.npz_files
+    prefix = next(k for k in JAX_KERNELS if k in files)[: -len("embedding/kernel")]
+    with np.load(path, allow_pickle=False) as npz:
+        _check_patch(tuple(npz[prefix + "embedding/kernel"].shape[:2]), model, path, name)
+        block_re = re.compile(re.escape(prefix) + r"Transformer/encoderblock_(\d+)/")
+        blocks = {int(m.group(1)) for f in files if (m := block_re.match(f))}
+        stacked = prefix + "Transformer/encoderblock/LayerNorm_0/scale"
+        depth = len(blocks) if blocks else int(npz[stacked].shape[0]) if stacked in files else 0
+    if depth != len(model.blocks):
+        raise InputError(f"weights file {path} has {depth} transformer blocks but backbone '{name}' has "
+                         f"{len(model.blocks)}", "pick the backbone of this checkpoint's depth")
+    scratch = copy.deepcopy(model)
+    with torch.no_grad():
+        for t in scratch.state_dict().values():
+            if t.is_floating_point():
+                t.fill_(float("nan"))
+    try:
+        _load_weights(scratch, str(path), prefix)
+    except KeyError as exc:
+        raise InputError(f"weights file {path} does not fit backbone '{name}': the npz lacks {exc.args[0]}",
+                         "pass the checkpoint of this architecture or pick the matching --backbone") from None
+    except (RuntimeError, ValueError) as exc:
+        from .checkpoints import first_sentence
+
+        raise InputError(f"weights file {path} does not fit backbone '{name}': {first_sentence(str(exc))}",
+                         "pass the checkpoint of this architecture or pick the matching --backbone") from None
+    return {k: v for k, v in scratch.state_dict().items() if not (v.is_floating_point() and torch.isnan(v).any())}
+
+
+# What an unexpected or missing key means, and the fix the refusal suggests.
+_REGISTER_FIX = "pick a backbone with registers, e.g. dinov2-vit-b-reg or timm:vit_base_patch14_reg4_dinov2"
+_NO_REGISTER_FIX = "the file has no register tokens: pick a backbone without them, e.g. dinov2-vit-b"
+_KEY_HINTS = (("reg_token", "register tokens", _REGISTER_FIX),
+              (".ls1.gamma", "layer-scale gammas of a DINOv2 / DeiT-III / CaiT network",
+               "pick that family's backbone, e.g. dinov2-vit-b (see `vipamin backbones`)"))
+
+
+def _shown(keys: list[str]) -> str:
+    return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
 def load_weights_file(model: VisionTransformer, path: str | os.PathLike, name: str) -> None:
-    """Load a local checkpoint into ``model``; refuse one made for another architecture."""
-    sd = adapt_state_dict(read_state_dict(path), model)
+    """Load a local checkpoint into ``model``; refuse one made for another network: unexpected weights
+    (they would be dropped, changing the network), another patch size, other shapes, missing weights."""
+    from .checkpoints import read_checkpoint
+    from .ui import escape, info
+
+    checkpoint = read_checkpoint(path)
+    if checkpoint.note:
+        info(escape(checkpoint.note))
+    sd = adapt_state_dict(checkpoint, model, path, name)
     own = model.state_dict()
+    fix = "pass the checkpoint of this architecture or pick the matching --backbone"
+    extra = [k for k in sd if k not in own]
+    if extra:
+        what, hint = next(((f": {w}", h) for pattern, w, h in _KEY_HINTS if any(pattern in k for k in extra)),
+                          ("", fix))
+        raise InputError(f"weights file {path} does not fit backbone '{name}': it has weights the backbone lacks "
+                         f"({_shown(extra)}{what}); dropping them would change the network", hint)
     for k, v in sd.items():
-        if k in own and tuple(own[k].shape) != tuple(v.shape):
+        if tuple(own[k].shape) != tuple(v.shape):
             raise InputError(
                 f"weights file {path} does not fit backbone '{name}': {k} has shape {tuple(v.shape)}, "
-                f"expected {tuple(own[k].shape)}",
-                "pass the checkpoint of this architecture or pick the matching --backbone")
+                f"expected {tuple(own[k].shape)}", fix)
     missing = [k for k in own if k not in sd]
     if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise InputError(f"weights file {path} does not fit backbone '{name}': missing {shown}",
-                         "pass the checkpoint of this architecture or pick the matching --backbone")
-    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=True)
+        hint = _NO_REGISTER_FIX if "reg_token" in missing else fix
+        raise InputError(f"weights file {path} does not fit backbone '{name}': missing {_shown(missing)}", hint)
+    model.load_state_dict(sd, strict=True)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

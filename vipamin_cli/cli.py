@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from .errors import VipaminError
+from .parsing import strict_group_class
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,6 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     add_completion=False,
+    cls=strict_group_class(),  # every int / float option is read strictly ('1_0' is refused): parsing.py
 )
 
 _STATE = {"debug": False}
@@ -324,21 +326,16 @@ def explain(
 
 def _numbers(text: str | None, option: str, kind: type = float) -> list:
     """Parse a comma-separated list option such as --lr 0.05,0.1,0.25 (see validate.LIST_OPTIONS)."""
-    from .validate import number_list
+    from .parsing import number_list
 
     return number_list(text, option, kind)
 
 
 def _strings(text: str, option: str) -> list[str]:
     """Parse a comma-separated list of names such as --sample random,kmeans."""
-    from .errors import InputError
+    from .parsing import string_list
 
-    values = [v.strip() for v in str(text).split(",")]
-    if not any(values):
-        raise InputError(f"{option} is empty", f"pass at least one value to {option}")
-    if not all(values):
-        raise InputError(f"{option} '{text}' has an empty item", "separate values by single commas")
-    return values
+    return string_list(text, option)
 
 
 def _init_grid(lists: dict[str, tuple[str | None, str, type]]) -> list[dict[str, Any]] | None:

@@ -104,6 +104,18 @@ class TuneConfig:
         if self.head_weight_decay is not None:
             v.number(self.head_weight_decay, "--head-weight-decay", minimum=0, example=0.5)
         v.number(self.lr_floor, "--lr-floor", minimum=0, example=1e-8)
+        self._check_floor()
+
+    def _check_floor(self) -> None:
+        """The cosine runs from the lr down to the floor: a floor above the lr would make it a ceiling
+        (the lr would rise over training), so the floor may not exceed the lr the optimiser gets."""
+        if self.lr_floor <= self.effective_lr:
+            return
+        scaled = (f" (--lr {self.lr:g} x --batch-size {self.batch_size} / 256 with --lr-scaling batch256)"
+                  if self.lr_scaling == "batch256" else "")
+        raise InputError(f"--lr-floor {self.lr_floor:g} is above the lr {self.effective_lr:g}{scaled} that the "
+                         "schedule decays from, so it would be a ceiling", "pass an --lr-floor at most the lr "
+                         "(e.g. --lr-floor 1e-8 or 0), or a larger --lr")
 
     @property
     def effective_lr(self) -> float:

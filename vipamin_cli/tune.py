@@ -418,6 +418,11 @@ def check_tune_request(inputs: TuneInputs, base: TuneConfig, lrs: list[float], w
 
     if not lrs or not weight_decays or not seeds:
         raise InputError("--lr, --weight-decay and --seeds each need at least one value", "pass e.g. --lr 0.1")
+    from .parsing import distinct
+
+    for option, values in (("--lr", lrs), ("--weight-decay", weight_decays), ("--seeds", seeds),
+                           ("--seeds", final_seeds or [])):
+        distinct(values, option)
     for lr in lrs:
         v.number(lr, "--lr", minimum=0, min_open=True, example=0.1)
     for wd in weight_decays:
@@ -510,6 +515,9 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
 
     inits = init_configs(inputs)
     train = _embeddings(inputs, inputs.split, inputs.embeddings, "tune")
+    from .data.labels import check_trainable_embeddings
+
+    check_trainable_embeddings(train, "the training data")
     identity = train.meta["backbone"]
     if recipe is not None:  # values that depend on the backbone family (SPT's head weight decay and MAE head)
         resolved = for_backbone(recipe, identity.get("family", ""))
@@ -527,6 +535,7 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
     final = None
     if inputs.has_final:
         final = _embeddings(inputs, inputs.final_split, inputs.final_embeddings, "the final runs (--final-split)")
+        check_trainable_embeddings(final, "the final split")
         check_compatible(train.meta, final.meta, "the training embeddings", "the final-split embeddings")
     sweeping = len(lrs) * len(weight_decays) * len(inits) > 1
     if sweeping and val is None:

@@ -77,25 +77,10 @@ def seed(value: Any, option: str = "--seed") -> int:
 
 
 def number_list(text: str | None, option: str, kind: type = float) -> list:
-    """Parse a comma-separated list option (``--lr 0.05,0.1``); an empty list or item is refused."""
-    example = "0.05,0.1" if kind is float else "42,44,82"
-    if text is None or not str(text).strip():
-        raise InputError(f"{option} is empty", f"pass at least one value, e.g. {option} {example}")
-    items = [item.strip() for item in str(text).split(",")]
-    if any(not item for item in items):
-        raise InputError(f"{option} '{text}' has an empty item", f"separate values by single commas, e.g. "
-                         f"{option} {example}")
-    values = []
-    for item in items:
-        try:
-            values.append(kind(item))
-        except ValueError:
-            raise InputError(f"{option} '{text}': '{item}' is not {'an integer' if kind is int else 'a number'}",
-                             f"pass e.g. {option} {example}") from None
-    if kind is float:
-        for v in values:
-            number(v, option, example=example)
-    return values
+    """Parse a comma-separated list option; kept here for callers of the old name (see parsing.py)."""
+    from .parsing import number_list as strict_list
+
+    return strict_list(text, option, kind)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -91,10 +91,15 @@ class CellProtocol:
 
     def validate(self) -> None:
         from .. import validate as v
+        from ..parsing import distinct
 
-        replace(self.base, lr=self.lrs[0], weight_decay=self.weight_decays[0], seed=self.seeds[0]).validate()
+        for lr in self.lrs:  # every lr: the --lr-floor check depends on it
+            replace(self.base, lr=lr, weight_decay=self.weight_decays[0], seed=self.seeds[0]).validate()
         for s in (*self.seeds, *self.sweep_seeds):
             v.seed(s, "--seeds")
+        for option, values in (("--lr", self.lrs), ("--weight-decay", self.weight_decays), ("--seeds", self.seeds),
+                               ("the sweep seeds", self.sweep_seeds)):
+            distinct(values, option)
         v.integer(self.prompt_length, "--prompt-length", minimum=1, example=10, optional=True)
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..artifacts import atomic_path
 from ..errors import InputError
+from .inputs import INPUTS_KEY, file_digest, task_inputs, what_changed, without_inputs
 from .protocol import METHOD_SETUP, METHODS, CellProtocol, cell_recipe, check_recipe, recipe_protocol
 from .suites import Suite, Task, resolve_suite
 
@@ -162,17 +163,19 @@ def cell_units(method: str, recipe: Preset | CellProtocol, init_grid: dict[str, 
 
 
 def cell_signature(task: Task, method: str, recipe: Preset | None, spec: BenchmarkSpec,
-                   protocol: CellProtocol | None = None) -> dict[str, Any]:
+                   protocol: CellProtocol | None = None, *, inputs: dict[str, Any]) -> dict[str, Any]:
     """What determines a cell's numbers: a finished cell is reused only when this is unchanged.
-    A preset cell: the preset and the init grid; a recipe cell: the recipe and the resolved protocol."""
+    A preset cell: the preset and the init grid; a recipe cell: the recipe and the resolved protocol;
+    both: the ``inputs`` the cell reads (every split's data fingerprint, the weights file's digest,
+    from :func:`inputs.task_inputs`)."""
     if protocol is not None and protocol.recipe is not None:
         return {"task": task.describe(), "method": method, "backbone": spec.backbone, "weights": spec.weights,
                 "recipe": spec.recipe, "cell_recipe": protocol.recipe, "protocol": protocol.describe(),
-                "calib_size": spec.calib_size}
+                "calib_size": spec.calib_size, INPUTS_KEY: inputs}
     assert recipe is not None
     grid = {k: v for k, v in spec.init_grid.items() if v} if METHOD_SETUP[method][1] == "vipamin" else {}
     return {"task": task.describe(), "method": method, "backbone": spec.backbone, "weights": spec.weights,
-            "preset": asdict(recipe), "init_grid": grid, "calib_size": spec.calib_size}
+            "preset": asdict(recipe), "init_grid": grid, "calib_size": spec.calib_size, INPUTS_KEY: inputs}
 
 
 def _mean_std(values: list[float]) -> dict[str, Any]:
@@ -372,6 +375,73 @@ def _check_init_grid(grid: dict[str, list[Any]]) -> None:
                 check_choices(**{key: value})
 
 
+def _plan_cells(suite: Suite, methods: list[str], recipe: Preset | None, cell_protocols: dict[str, CellProtocol],
+                spec: BenchmarkSpec, results: dict[str, Any], results_path: Path,
+                invocation: dict[str, Any]) -> list[tuple[Task, str, dict[str, Any]]]:
+    """The cells to compute now. A finished cell is skipped when its signature is unchanged, refused
+    when its options differ, and recomputed (its old record removed at once, so no table mixes old
+    and new data) when only its inputs changed: the data of a split, or the weights file."""
+    from ..embed import EmbedConfig
+
+    seed, weights_file, seen, memo = EmbedConfig().seed, file_digest(spec.weights), {}, {}
+    todo: list[tuple[Task, str, dict[str, Any]]] = []
+    for task in suite.tasks:
+        inputs = seen[task.name] = task_inputs(task, weights_file, seed, memo)
+        for method in methods:
+            key = f"{task.name}/{method}"
+            sig = cell_signature(task, method, recipe, spec, cell_protocols[method], inputs=inputs)
+            done = results["cells"].get(key)
+            if done is not None and done.get("signature_digest") == _digest(sig):
+                invocation["skipped"].append(key)
+                continue
+            if done is not None:
+                old = done.get("signature") if isinstance(done.get("signature"), dict) else {}
+                if _digest(without_inputs(old)) != _digest(without_inputs(sig)):
+                    raise InputError(f"cell {key} in {results_path} was run with other options",
+                                     "repeat the original options, pass another --out, or delete that results.json")
+                _retire(results, invocation, key, what_changed(old, sig), "recomputed")
+            todo.append((task, method, sig))
+
+    def inputs_of(task: Task) -> dict[str, Any]:
+        if task.name not in seen:
+            seen[task.name] = task_inputs(task, weights_file, seed, memo)
+        return seen[task.name]
+
+    _retire_unselected(suite, methods, results, invocation, inputs_of)
+    return todo
+
+
+def _retire(results: dict[str, Any], invocation: dict[str, Any], key: str, reason: str, action: str) -> None:
+    """Take a stale cell out of the table, keeping its record under ``replaced`` (nothing is lost)."""
+    from ..ui import escape, info
+
+    info(escape(f"benchmark: cell {key} is {action}: {reason}"))
+    results.setdefault("replaced", {})[key] = results["cells"].pop(key) | {"replaced_because": reason}
+    invocation.setdefault(action, []).append({"cell": key, "reason": reason})
+
+
+def _retire_unselected(suite: Suite, methods: list[str], results: dict[str, Any], invocation: dict[str, Any],
+                       inputs_of: Any) -> None:
+    """Cells of tasks (or methods) outside this run are still in the table: check their inputs too, and
+    take out the ones whose data changed (a later run with those --tasks recomputes them)."""
+    selected = {t.name for t in suite.tasks}
+    for key in [k for k in results["cells"] if k.split("/")[0] not in selected or k.split("/")[1] not in methods]:
+        record = results["tasks"].get(key.split("/")[0])
+        old = results["cells"][key].get("signature")
+        if not isinstance(record, dict) or not isinstance(old, dict) or not Path(record.get("path", "")).is_dir():
+            continue  # its folder is gone: nothing to compare with, the record stands as it was
+        task = Task(record["name"], record["group"], Path(record["path"]), shots=record.get("shots"),
+                    **record["splits"])
+        again = f"; run with --tasks {task.name} --methods {key.split('/')[1]} to recompute it"
+        try:
+            now = {INPUTS_KEY: inputs_of(task)}
+        except InputError as exc:  # not this run's task: its data is unusable now, so its cell cannot stand
+            _retire(results, invocation, key, f"its data cannot be read now ({exc.message}){again}", "dropped")
+            continue
+        if old.get(INPUTS_KEY) != now[INPUTS_KEY]:
+            _retire(results, invocation, key, what_changed(old, now) + again, "dropped")
+
+
 def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
     """Run (or resume) every task x method cell of the suite; returns the results and writes the report."""
     from ..ui import info, progress_bar
@@ -416,19 +486,7 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
         invocation["world_size"] = distributed.world_size()
     results["invocations"].append(invocation)
 
-    todo: list[tuple[Task, str, dict[str, Any]]] = []
-    for task in suite.tasks:
-        for method in methods:
-            key = f"{task.name}/{method}"
-            sig = cell_signature(task, method, recipe, spec, cell_protocols[method])
-            done = results["cells"].get(key)
-            if done is not None:
-                if done.get("signature_digest") != _digest(sig):
-                    raise InputError(f"cell {key} in {results_path} was run with other options",
-                                     "repeat the original options, pass another --out, or delete that results.json")
-                invocation["skipped"].append(key)
-                continue
-            todo.append((task, method, sig))
+    todo = _plan_cells(suite, methods, recipe, cell_protocols, spec, results, results_path, invocation)
     if invocation["skipped"]:
         info(f"benchmark: {len(invocation['skipped'])} finished cell(s) in {results_path} skipped")
     total = sum(cell_protocols[m].units(spec.grid_batch) for _, m, _ in todo)

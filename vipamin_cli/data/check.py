@@ -230,6 +230,7 @@ def check_fgvc_task(task: str, folder: Path, num_classes: int, decode: bool = Tr
 
 
 def _check_testbed(root: Path, decode: bool, progress: Callable[[str], None] | None) -> CheckReport:
+    from vipamin_cli.parsing import json_int
     from vipamin_cli.testbed.make import read_manifest
 
     report = CheckReport("testbed", str(root))
@@ -244,7 +245,9 @@ def _check_testbed(root: Path, decode: bool, progress: Callable[[str], None] | N
             report.problems.append(Problem(name, "missing task", f"folder {folder} not found"))
             report.tasks.append(TaskSummary(name, None, classes_expected=entry["num_classes"]))
             continue
-        problems, summary = check_vtab_task(name, folder, int(entry["num_classes"]), dict(entry["counts"]),
+        classes = json_int(entry["num_classes"], f"num_classes of task {name} in {root / 'manifest.json'}",
+                           "re-make the testbed with `vipamin data make-testbed`")
+        problems, summary = check_vtab_task(name, folder, classes, dict(entry["counts"]),
                                             decode)
         changed = [rel for rel, digest in files.items() if rel.startswith(name + "/")
                    and (root / rel).is_file() and hashlib.sha256((root / rel).read_bytes()).hexdigest() != digest]

@@ -9,6 +9,7 @@ from vipamin_cli.errors import InputError
 from vipamin_cli.validate import regular_input
 
 from .images import ImageSet, Sample, _reason
+from .labels import class_count
 from .splits import _resolve_split, _safe_relpath
 
 FGVC_SPLITS = ("train", "val", "test")
@@ -42,7 +43,8 @@ def _open_fgvc(root: Path, split: str | None) -> ImageSet:
                if (root / f"{n}.json").exists() and not (root / f"{n}.json").is_dir()}
     name = _resolve_split(split, "train", present, str(root))
     parsed = {n: _parse_fgvc_json(p) for n, p in present.items()}
-    max_label = max((label for entries in parsed.values() for _, label in entries), default=-1)
+    num_classes = class_count(((label, f"{present[n]} ({rel})") for n, entries in parsed.items()
+                               for rel, label in entries), str(root))
     samples = []
     for rel, label in parsed[name]:
         if (root / rel).exists() and not (root / rel).is_dir():
@@ -56,5 +58,5 @@ def _open_fgvc(root: Path, split: str | None) -> ImageSet:
                 "fix the json split file or restore the image",
             )
         samples.append(Sample(key, label))
-    return ImageSet("fgvc", str(root), name, [str(i) for i in range(max_label + 1)], samples)
+    return ImageSet("fgvc", str(root), name, [str(i) for i in range(num_classes)], samples)
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from vipamin_cli.errors import InputError
+from vipamin_cli.parsing import int_or_none
 from vipamin_cli.validate import regular_input
 
 from .images import ImageSet, Sample, _reason
+from .labels import class_count
 from .splits import _resolve_split, _safe_relpath
 
 VTAB_LIST_FILES = {
@@ -34,12 +36,7 @@ def _parse_vtab_list(path: Path) -> list[tuple[str, int, int]]:
         if not stripped:
             continue
         parts = stripped.rsplit(None, 1)
-        label: int | None = None
-        if len(parts) == 2:
-            try:
-                label = int(parts[1])
-            except ValueError:
-                label = None
+        label = int_or_none(parts[1]) if len(parts) == 2 else None  # strict: '1_0' or '+1' is no label
         if label is None or label < 0:
             raise InputError(
                 f"bad line in {path} line {lineno}: {stripped!r}",
@@ -54,7 +51,8 @@ def _open_vtab(root: Path, split: str | None) -> ImageSet:
                if (root / fname).exists() and not (root / fname).is_dir()}
     name = _resolve_split(split, "train800", present, str(root), VTAB_ALIASES)
     parsed = {n: _parse_vtab_list(p) for n, p in present.items()}
-    max_label = max((label for entries in parsed.values() for _, label, _ in entries), default=-1)
+    num_classes = class_count(((label, f"{present[n]} line {lineno}") for n, entries in parsed.items()
+                               for _, label, lineno in entries), str(root))
     samples = []
     for rel, label, lineno in parsed[name]:
         if not (root / rel).exists() or (root / rel).is_dir():
@@ -63,5 +61,5 @@ def _open_vtab(root: Path, split: str | None) -> ImageSet:
                 "fix the list file or restore the image",
             )
         samples.append(Sample(rel, label))
-    return ImageSet("vtab", str(root), name, [str(i) for i in range(max_label + 1)], samples)
+    return ImageSet("vtab", str(root), name, [str(i) for i in range(num_classes)], samples)
 

@@ -39,11 +39,10 @@ def resolve_rcond(rcond: str | float | None, dim: int) -> float | None:
         return None
     if str(rcond).lower() == "reference":
         return dim * float(torch.finfo(torch.float32).eps)
-    try:
-        value = float(rcond)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 < value < 1.0:
+    from ..parsing import float_or_none  # strict: '1_0e-3' or ' 0.1' is not a cutoff
+
+    value = float(rcond) if isinstance(rcond, (int, float)) and not isinstance(rcond, bool) else float_or_none(rcond)
+    if value is None or not 0.0 < value < 1.0:
         raise InputError(f"--orth-rcond '{rcond}' is not valid", f"use {RCOND_CHOICES}")
     return value
 

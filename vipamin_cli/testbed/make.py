@@ -241,10 +241,21 @@ def _write_task(root: Path, task: TaskDef, pools: _Pools, seed: int, sizes: dict
     for split, rows in split_rows.items():
         (root / task.name / f"{split}.txt").write_text("".join(r + "\n" for r in rows), encoding="utf-8")
         counts[split] = [int(r.rsplit(" ", 1)[1]) for r in rows]
+    _check_every_class(task, counts, sizes)
     return {"name": task.name, "group": task.group, "num_classes": task.num_classes,
             "description": task.description,
             "counts": {s: len(v) for s, v in counts.items()},
             "class_counts": {s: np.bincount(v, minlength=task.num_classes).tolist() for s, v in counts.items()}}
+
+
+def _check_every_class(task: TaskDef, counts: dict[str, list[int]], sizes: dict[str, int]) -> None:
+    """Tiny sizes can leave a class without any image, which every reader refuses (data.labels): say so now."""
+    present = set(counts["train800val200"]) | set(counts["test"])
+    empty = [c for c in range(task.num_classes) if c not in present]
+    if empty:
+        raise InputError(f"task {task.name}: {sizes['train800']} train + {sizes['val200']} val + {sizes['test']} test "
+                         f"images leave class {', '.join(map(str, empty))} of {task.num_classes} without any image",
+                         "pass larger sizes")
 
 
 def make_testbed(dest: str | os.PathLike, seed: int = 0, tasks: Sequence[str] | None = None,
