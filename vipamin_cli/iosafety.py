@@ -86,6 +86,11 @@ class Output:
     ident: tuple[int, int] | None = None
     folder: bool = False
     source: str | None = None  # how a derived file relates to its option (default "from <option>")
+    key: str = ""  # the spelling-independent path, computed once
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = os.path.realpath(self.path) if self.folder else _key(self.path)
 
     @property
     def who(self) -> str:
@@ -322,9 +327,8 @@ def _same_path(a: Path, b: Path) -> bool:
 
 
 def _register_output(scope: Scope, out: Output) -> None:
-    key = _key(out.path)
     for other in scope.outputs:
-        same = (other.ident == out.ident) if (other.ident and out.ident) else _key(other.path) == key
+        same = (other.ident == out.ident) if (other.ident and out.ident) else other.key == out.key
         if not same or other.folder:
             continue
         if (other.option, other.role) == (out.option, out.role) or other.role is not None or out.role is not None:
@@ -378,11 +382,10 @@ def find_output(path: str | os.PathLike) -> Output | None:
     p = Path(path)
     key = _key(p)
     for out in reversed(scope.outputs):
-        if not out.folder and _key(out.path) == key:
+        if not out.folder and out.key == key:
             return out
     for out in reversed(scope.outputs):
-        base = os.path.realpath(out.path)
-        if out.folder and (key == base or key.startswith(base.rstrip(os.sep) + os.sep)):
+        if out.folder and (key == out.key or key.startswith(out.key.rstrip(os.sep) + os.sep)):
             return Output(p, out.option, "the file")
     return None
 
@@ -401,7 +404,7 @@ def _checked(out: Output) -> Output:
     scope = current()
     if scope is not None:
         for o in reversed(scope.outputs):
-            if _key(o.path) == _key(out.path) and not o.folder:
+            if o.key == out.key and not o.folder:
                 return o
     return out
 

@@ -56,8 +56,8 @@ class _GuardedStdout:
         self._stream = stream
 
     def _fail(self, exc: OSError) -> VipaminError:
+        _silence(self._stream)  # what is still buffered would fail again when the interpreter exits
         if exc.errno == errno.EPIPE:
-            _silence_stdout()
             return StdoutClosed("stdout was closed")
         return RuntimeFailure(f"cannot write the output to stdout: {exc.strerror or exc}",
                               "free disk space where stdout is redirected, or redirect it elsewhere")
@@ -78,13 +78,12 @@ class _GuardedStdout:
         return getattr(self._stream, name)
 
 
-def _silence_stdout() -> None:
-    """Point file descriptor 1 at /dev/null, so the interpreter's last flush does not fail again."""
+def _silence(stream: Any) -> None:
+    """Point the failed stream's file descriptor at /dev/null, so the interpreter's last flush does not
+    fail again (and print "Exception ignored") after the one-line error."""
     try:
-        fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else -1
-    except (OSError, ValueError):
-        return
-    if fd < 0:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):
         return
     try:
         null = os.open(os.devnull, os.O_WRONLY)
