@@ -4,10 +4,13 @@ import contextlib
 import os
 import sys
 
-from .cli import main
-
 
 def run() -> None:
+    try:
+        from .cli import main
+    except KeyboardInterrupt:  # Ctrl-C while the command line itself loads
+        sys.stderr.write("error: interrupted\n")
+        os._exit(130)
     code = main(end_process=True)
     if code == 130:  # Ctrl-C: end now, even if a worker thread is still blocked in a read
         for stream in (sys.stdout, sys.stderr):

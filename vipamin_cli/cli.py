@@ -31,7 +31,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-_STATE = {"debug": False}
+_STATE = {"debug": False, "reported": False}
 
 
 def _fail(message: str, code: int) -> None:
@@ -43,6 +43,7 @@ def _fail(message: str, code: int) -> None:
         message, code = distributed.agree_failure(message, code)
         if not distributed.is_main():
             raise typer.Exit(code)
+    _STATE["reported"] = True
     try:
         sys.stderr.write(f"error: {message}\n")
         sys.stderr.flush()
@@ -866,6 +867,16 @@ def _say(line: str) -> None:
 
 
 def _main(argv: list[str] | None = None) -> int:
+    """The app with every way out turned into an exit code; a Ctrl-C at any point (even while a module
+    is imported) is one line and 130."""
+    try:
+        return _run_app(argv)
+    except KeyboardInterrupt:
+        _say("error: interrupted")
+        return 130
+
+
+def _run_app(argv: list[str] | None) -> int:
     try:  # typer >= 0.17 vendors click; older versions use click itself
         from typer._click import exceptions as cx
     except ImportError:  # pragma: no cover
@@ -883,6 +894,7 @@ def _main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     from .ui import StdoutClosed, guarded_stdout
 
+    _STATE["reported"] = False
     try:
         with guarded_stdout():
             result = app(args=argv, standalone_mode=False)
@@ -895,7 +907,7 @@ def _main(argv: list[str] | None = None) -> int:
         return 2
     except StdoutClosed as exc:  # `vipamin --help | head`
         return exc.exit_code
-    except (typer.Abort, KeyboardInterrupt):
+    except typer.Abort:
         _say("error: interrupted")
         return 130
     except typer.Exit as exc:
@@ -905,6 +917,8 @@ def _main(argv: list[str] | None = None) -> int:
 
         traceback.print_exc()
         return exc.exit_code
+    if result == 130 and not _STATE.get("reported"):  # Ctrl-C while typer parsed (it returns 130 silently)
+        _say("error: interrupted")
     return result if isinstance(result, int) else 0
 
 

@@ -93,7 +93,7 @@ class CheckReport:
 
 
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
+    return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
 
 
 def _examples(items: list[str], k: int = 3) -> str:
