@@ -109,7 +109,7 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
                 [0.1], [0.01], [42], root / "c.safetensors", device="cpu", show_progress=False).checkpoint
     lists = sorted(task.glob("*.txt"))
 
-    def images(split: str, k: int = 2) -> list[Path]:
+    def images(split: str, k: int = 1) -> list[Path]:
         rows = (task / f"{split}.txt").read_text().split("\n")[:k]
         return [task / r.rsplit(" ", 1)[0] for r in rows]
 
@@ -360,6 +360,15 @@ def test_a_fifo_in_place_of_any_input_never_hangs(w: SimpleNamespace, tmp_path: 
     os.mkfifo(bench / "results.json")
     cases.append(_cases(w, tmp_path / "cache")["benchmark"][0].argv({"--out": bench}))
     expect.append(("benchmark", bench / "results.json"))
+    # a cache entry replaced by a FIFO: the message says to delete the entry, not to pass another file
+    cache = tmp_path / "entry-cache"
+    embed = ["embed", "-b", "vit-tiny-test", "-d", w.task, "--split", "val200", "--calib-size", "4", "--device", "cpu",
+             "--cache-dir", cache]
+    entry = _run_quiet(embed)
+    entry.unlink()
+    os.mkfifo(entry)
+    cases.append(embed)
+    expect.append(("embed", entry))
     started = time.monotonic()
     results = _batch(cases, tmp_path, timeout=300)
     for (code, out, err), (command, fifo) in zip(results, expect, strict=True):
@@ -368,6 +377,8 @@ def test_a_fifo_in_place_of_any_input_never_hangs(w: SimpleNamespace, tmp_path: 
             continue
         line = _one_line_error(code, err)
         assert "FIFO" in line and fifo.name in line, (command, line)
+    assert line == (f"error: cache entry {entry} is a FIFO (named pipe), not a regular file; delete it; vipamin makes "
+                    "the entry again on the next run"), line
     assert {c for c, _ in expect} >= {"embed", "init", "explain", "tune", "eval", "info", "benchmark", "data check"}
     assert time.monotonic() - started < 300
 
@@ -382,6 +393,20 @@ def _copy_inputs(w: SimpleNamespace, dest: Path) -> dict[Path, Path]:
     return mapping
 
 
+def _run_quiet(argv: list) -> Path:
+    """Run a command in-process that must succeed; the path it prints."""
+    import contextlib
+    import io
+
+    from vipamin_cli.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    assert code == 0, err.getvalue()
+    return Path(out.getvalue().strip())
+
+
 def _swap(arg, w: SimpleNamespace, dest: Path):
     """An argument of a case with the module's inputs replaced by their copies under ``dest``."""
     if isinstance(arg, Path):
@@ -390,22 +415,6 @@ def _swap(arg, w: SimpleNamespace, dest: Path):
         if arg in [*w.emb.values(), w.prompts, w.ckpt]:
             return dest / arg.name
     return arg
-
-
-def test_a_cache_entry_replaced_by_a_fifo_says_to_delete_it(w: SimpleNamespace, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    cache = tmp_path / "cache"
-    embed = ["embed", "-b", "vit-tiny-test", "-d", w.task, "--split", "val200", "--calib-size", "4", "--device", "cpu",
-             "--cache-dir", cache]
-    code, out, err = _run(embed, capsys)
-    assert code == 0, err
-    entry = Path(out.strip())
-    entry.unlink()
-    os.mkfifo(entry)
-    ((code, _, err),) = _batch([embed], tmp_path, timeout=120)
-    line = _one_line_error(code, err)
-    assert line == (f"error: cache entry {entry} is a FIFO (named pipe), not a regular file; delete it; vipamin makes "
-                    "the entry again on the next run"), line
 
 
 # Ctrl-C ends every command at the first press
@@ -507,7 +516,8 @@ def test_first_ctrl_c_ends_a_busy_command(w: SimpleNamespace, tmp_path: Path) ->
 
 def test_full_disk_and_read_only_folder_for_every_output(w: SimpleNamespace, tmp_path: Path) -> None:
     """Every output option of every command on a real full tmpfs (exit 1, `no space left`) and on a read-only
-    mount (exit 2), in a private mount namespace: one line naming the option, no temporary file left."""
+    mount (exit 2), in a private mount namespace: one line naming the option, no temporary file left. In the
+    same namespace, stdout redirected to the full disk (`eval --json > file`): one line naming stdout."""
     full, ro = tmp_path / "full", tmp_path / "ro"
     full.mkdir()
     ro.mkdir()
@@ -519,22 +529,29 @@ def test_full_disk_and_read_only_folder_for_every_output(w: SimpleNamespace, tmp
     for where, code in ((full, 1), (ro, 2)):
         for command, kinds in PATH_OPTIONS.items():
             if any(k in ("output", "output-dir") for k in kinds.values()):
-                cases.append(_cases(w, tmp_path / "cache")[command][0].argv(_outputs(command, where / command.replace(
-                    " ", "-"))))
+                folder = where / command.replace(" ", "-")
+                cases.append((_cases(w, tmp_path / "cache")[command][0].argv(_outputs(command, folder)), os.devnull))
                 expect.append((command, code, [o for o, k in kinds.items() if k in ("output", "output-dir")]))
-    cases.append(["explain", ro / "q.safetensors"])  # the default heat map, beside the prompts, read-only
+    cases.append((["explain", ro / "q.safetensors"], os.devnull))  # the default heat map, read-only
     expect.append(("explain-default", 2, ["--png"]))
+    for argv in (["eval", "-c", w.ckpt, "-e", w.emb["test"], "--device", "cpu", "--json"],
+                 ["info", w.emb["test"], "--json"], ["backbones", "--json"]):
+        cases.append((argv, full / f"{argv[0]}.json"))
+        expect.append(("stdout", 1, ["stdout"]))
     setup = (f"mount -t tmpfs -o size=64k tmpfs '{full}' && (head -c 70000 /dev/zero > '{full}/fill' 2>/dev/null; "
              f"true) && mount -t tmpfs -o size=1m tmpfs '{ro}' && cp '{w.prompts}' '{ro}/q.safetensors' && "
              f"mount -o remount,ro '{ro}' &&")
     work = tmp_path / "work"
     work.mkdir()
-    results = _batch(cases, work, prefix=prefix, setup=setup, after=f"find '{full}' '{ro}' > '{work}/listing'",
-                     timeout=300, VIPAMIN_CACHE=str(tmp_path / "cache"))
-    for (code, _, err), (command, want, opts) in zip(results, expect, strict=True):
+    results = _fd_batch(cases, work, prefix=prefix, setup=setup, after=f"find '{full}' '{ro}' > '{work}/listing'",
+                        VIPAMIN_CACHE=str(tmp_path / "cache"))
+    for (code, err), (command, want, opts) in zip(results, expect, strict=True):
         line = _one_line_error(code, err, expected=want)
         assert any(o in line for o in opts), (command, line)
-        if want == 1:
+        if command == "stdout":
+            assert line == ("error: cannot write the output to stdout: No space left on device; free disk space "
+                            "where stdout is redirected, or redirect it elsewhere"), line
+        elif want == 1:
             assert "no space left on" in line and "free disk space" in line, line
         else:
             assert "Read-only file system" in line or "not writable" in line, line
@@ -580,51 +597,48 @@ json.dump(results, open(sys.argv[2], "w"))
 
 
 def _fd_batch(cases: list[tuple[list, str]], tmp: Path, prefix: list[str] | None = None, setup: str = "",
-              timeout: float = 300, **env: str) -> list[tuple[int, str]]:
+              after: str = "", timeout: float = 300, **env: str) -> list[tuple[int, str]]:
     """Commands in one interpreter with file descriptor 1 a closed pipe or a file (real OS errors)."""
     script, argv, res = tmp / "fd.py", tmp / "fd.json", tmp / "fd-results.json"
     script.write_text(_FD_BATCH)
     argv.write_text(json.dumps([[[str(a) for a in c], str(t)] for c, t in cases]))
     run = f"'{sys.executable}' '{script}' '{argv}' '{res}'"
-    cmd = [*prefix, "sh", "-c", f"{setup} {run}"] if prefix else ["sh", "-c", run]
+    cmd = [*prefix, "sh", "-c", f"{setup} {run}; {after}"] if prefix else ["sh", "-c", run]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(**env), timeout=timeout)
     assert proc.returncode == 0, proc.stderr
     return [tuple(r) for r in json.loads(res.read_text())]
 
 
-def test_closed_stdout_ends_quietly_for_every_command(w: SimpleNamespace, tmp_path: Path) -> None:
-    """`vipamin ... | head`: every command (its first case) with stdout a closed pipe ends with exit 141
-    (128 + SIGPIPE, as the shell reports a Unix tool ended by the pipe) and nothing on stderr."""
-    cases = [(per[0].argv(_outputs(command, tmp_path / f"o{i}")), "pipe")
-             for i, (command, per) in enumerate(_cases(w, tmp_path / "cache").items()) if command not in SLOW]
-    for (code, err), (argv, _) in zip(_fd_batch(cases, tmp_path, VIPAMIN_CACHE=str(tmp_path / "cache")), cases,
-                                      strict=True):
-        assert code == 141 and err == "", (argv[:2], code, err)
+def test_closed_stdout_ends_quietly_for_every_command(w: SimpleNamespace, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`vipamin ... | head`: every command (its first case) with stdout a real pipe whose reader is gone ends
+    with exit 141 (128 + SIGPIPE, as the shell reports a Unix tool ended by the pipe) and nothing on stderr."""
+    import contextlib
+
+    from vipamin_cli.cli import main
+
+    for i, (command, per) in enumerate(_cases(w, tmp_path / "cache").items()):
+        if command in SLOW:
+            continue
+        argv = [str(a) for a in per[0].argv(_outputs(command, tmp_path / f"o{i}"))]
+        read, write = os.pipe()
+        os.close(read)
+        stream = open(write, "w")  # noqa: SIM115 - closed below
+        capsys.readouterr()
+        saved, sys.stdout = sys.stdout, stream
+        try:
+            code = main(argv)
+        finally:
+            sys.stdout = saved
+            with contextlib.suppress(OSError):
+                stream.close()
+        err = capsys.readouterr().err
+        assert code == 141 and err == "", (command, code, err)
     # the real entry point: no "Exception ignored" when the interpreter exits
     proc = subprocess.run(f"'{sys.executable}' -m vipamin_cli recipes --json | true; "
                           "echo ${PIPESTATUS[0]} >&2", shell=True, executable="/bin/bash", capture_output=True,
                           text=True, env=_env(), timeout=120)
     assert proc.stderr.strip() == "141", proc.stderr
-
-
-def test_full_stdout_is_one_line(w: SimpleNamespace, tmp_path: Path) -> None:
-    """`eval --json > file` (and info, backbones) on a full disk: exit 1, one line naming stdout."""
-    full = tmp_path / "full"
-    full.mkdir()
-    prefix = _namespace_prefix(full)
-    if prefix is None:
-        pytest.skip("no small filesystem: tried `unshare -rm` and `unshare -m` (needs user namespaces or root)")
-    setup = (f"mount -t tmpfs -o size=64k tmpfs '{full}' && (head -c 70000 /dev/zero > '{full}/fill' 2>/dev/null; "
-             "true) &&")
-    cases = [(["eval", "-c", w.ckpt, "-e", w.emb["test"], "--device", "cpu", "--json"], full / "m.json"),
-             (["info", w.emb["test"], "--json"], full / "i.json"), (["backbones", "--json"], full / "b.json")]
-    for code, err in _fd_batch(cases, tmp_path, prefix=prefix, setup=setup):
-        line = _one_line_error(code, err, expected=1)
-        assert line == ("error: cannot write the output to stdout: No space left on device; free disk space where "
-                        "stdout is redirected, or redirect it elsewhere"), line
-    proc = subprocess.run([*prefix, "sh", "-c", f"{setup} '{sys.executable}' -m vipamin_cli info '{w.emb['test']}' "
-                           f"--json > '{full}/x.json'"], capture_output=True, text=True, env=_env(), timeout=120)
-    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "stdout" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize(("edit", "expected"), [
@@ -808,6 +822,7 @@ def test_root_absolute_or_relative_is_one_benchmark(w: SimpleNamespace, tmp_path
     assert json.loads((bench / "results.json").read_text())["invocations"][-1]["skipped"] == ["mnist/linear"]
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # pytest re-enables every warning in-process
 def test_decompression_bomb_warning_is_our_note(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """An image over PIL's warning size (89.5 Mpx; 100 Mpx here, 1-bit, 1.3 MB): vipamin's own note, and
