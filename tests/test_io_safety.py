@@ -331,7 +331,7 @@ def test_make_testbed_replaces_only_what_it_made(tmp_path: Path) -> None:
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "manifest.json").write_text('{"name": "my project"}')
-    with pytest.raises(InputError, match="not a valid vipamin testbed manifest"):
+    with pytest.raises(InputError, match="is not a vipamin testbed manifest .* so .* is not a testbed vipamin made"):
         _tiny_testbed(foreign)
     assert (foreign / "manifest.json").read_text() == '{"name": "my project"}'
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tb.old", "foreign", "tb"]

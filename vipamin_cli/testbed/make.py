@@ -331,7 +331,13 @@ def _previous_testbed(dest: Path, names: list[str]) -> dict | None:
     if not os.path.lexists(dest / MANIFEST):
         raise InputError(f"{dest} is not empty and holds no {MANIFEST}: it is not a testbed vipamin made, so "
                          "vipamin will not replace it", _NOT_OURS)
-    manifest = read_manifest(dest, own=True)
+    from vipamin_cli.iosafety import read_json
+
+    manifest = read_json(dest / MANIFEST, "testbed manifest", _NOT_OURS, own=True)
+    problem = manifest_problem(manifest)
+    if problem is not None:
+        raise InputError(f"{dest / MANIFEST} is not a vipamin testbed manifest ({problem}), so {dest} is not a "
+                         "testbed vipamin made; vipamin will not replace it", _NOT_OURS)
     listed = manifest.get("files")
     if not isinstance(listed, dict):
         raise InputError(f"{dest / MANIFEST} lists no files, so vipamin cannot tell which files there it made",
