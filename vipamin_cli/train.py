@@ -429,8 +429,13 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, ...],
                     bool(torch.isfinite(p).all()) for p in m.parameters() if p.requires_grad)
                 if alive[g] and not finite:
                     if not tolerate_divergence:
+                        scaled = c.lr_scaling == "batch256" and c.batch_size != 256
                         raise RuntimeFailure(f"the training loss became nan in epoch {epoch + 1} (lr {lrs[g]:.3g}, "
-                                             f"base lr {c.lr})", "lower --lr; the last good checkpoint is kept")
+                                             f"base lr {c.lr}" + (f" x --batch-size {c.batch_size} / 256" if scaled
+                                                                 else "") + ")",
+                                             "lower --lr" + (" (or --batch-size, which scales it)" if scaled and
+                                                             c.batch_size > 256 else "")
+                                             + "; the last good checkpoint is kept")
                     alive[g] = False
                 if not alive[g]:
                     record.update(diverged=True, loss=float("nan"))
