@@ -79,7 +79,8 @@ class TuneConfig:
         v.integer(self.epochs, "--epochs", minimum=1, example=100)
         v.integer(self.warmup_epochs, "--warmup-epochs", minimum=0, example=10)
         if self.warmup_epochs >= self.epochs:
-            raise InputError(f"--warmup-epochs {self.warmup_epochs} must be in [0, epochs)", "pass e.g. 10")
+            raise InputError(f"--warmup-epochs {self.warmup_epochs} must be below --epochs {self.epochs}",
+                             f"pass --warmup-epochs {self.epochs // 10} (or anything from 0 to {self.epochs - 1})")
         v.integer(self.batch_size, "--batch-size", minimum=1, example=32)
         v.number(self.lr, "--lr", minimum=0, min_open=True, example=0.1)
         v.number(self.weight_decay, "--weight-decay", minimum=0, example=0.01)
