@@ -164,7 +164,7 @@ def test_benchmark_cell_signature_without_recipe_is_unchanged(tiny_testbed) -> N
 
 def test_benchmark_keeps_a_cut_off_cell_folder_with_the_same_signature(tiny_testbed, tmp_path, cli) -> None:
     """A cell folder left by a cut-off run resumes (its partial tune state is kept) when the options
-    are the same, and is cleared when they differ."""
+    are the same, and is cleared when they differ; a file vipamin does not write there is never deleted."""
     from vipamin_cli.benchmark.runner import BenchmarkSpec, cell_signature, protocols
     from vipamin_cli.benchmark.suites import resolve_suite
 
@@ -183,12 +183,18 @@ def test_benchmark_keeps_a_cut_off_cell_folder_with_the_same_signature(tiny_test
                             ({"task": "another"}, False)):
         cell_dir.mkdir(parents=True, exist_ok=True)
         (cell_dir / "signature.json").write_text(json.dumps(signature))
-        (cell_dir / "partial-state").write_text("left by the cut-off run")
+        (cell_dir / "sweep0.partial.safetensors").write_text("left by the cut-off run")
         code, _, stderr = cli(*args)
         assert code == 0, stderr
-        assert (cell_dir / "partial-state").exists() is kept
+        assert (cell_dir / "sweep0.partial.safetensors").exists() is kept
         assert json.loads((cell_dir / "signature.json").read_text())["task"] == task.describe()
         shutil.rmtree(out)
+    cell_dir.mkdir(parents=True)
+    (cell_dir / "signature.json").write_text(json.dumps({"task": "another"}))
+    (cell_dir / "notes.txt").write_text("mine")
+    code, _, stderr = cli(*args)
+    assert code == 2 and f"{cell_dir}/notes.txt is not a file vipamin writes in a benchmark cell" in stderr, stderr
+    assert (cell_dir / "notes.txt").read_text() == "mine"
 
 
 def test_benchmark_sweeps_the_vipamin_init_grid_from_the_command_line(tiny_testbed, tmp_path, cli) -> None:

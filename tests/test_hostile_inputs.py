@@ -516,7 +516,7 @@ def test_fifo_inputs_never_hang(art: SimpleNamespace, tmp_path: Path) -> None:
         (["info", fifo], "FIFO"),
         (["init", "--embeddings", fifo, "--out", tmp_path / "p.safetensors"], "FIFO"),
         (["tune", "--embeddings", fifo, "--prompts", art.prompts, "--out", tmp_path / "c.safetensors"], "FIFO"),
-        ([*embed, "--data", ds], "pipe.png is not a regular file"),
+        ([*embed, "--data", ds], "pipe.png is a FIFO (named pipe), not a regular file"),
         ([*embed, "--data", vtab], "FIFO"),
         ([*embed, "--data", art.data, "--weights", weights], "FIFO"),
     ]

@@ -98,7 +98,7 @@ def test_make_testbed_refuses_bad_input(tmp_path: Path) -> None:
         make_testbed(tmp_path / "x", test_size=5000)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    with pytest.raises(InputError, match="not an empty folder"):
+    with pytest.raises(InputError, match="is not empty and holds no manifest.json"):
         make_testbed(tmp_path / "full", tasks=["mnist"], **SMALL)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 

@@ -14,14 +14,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import SCHEMA_VERSION, __version__
-from .errors import ArtifactError, InputError, RuntimeFailure
+from .errors import ArtifactError, InputError
 
 if TYPE_CHECKING:
     import torch
@@ -72,48 +71,44 @@ def _digest(tensors: dict[str, torch.Tensor], header: dict[str, Any] | None) -> 
     return h.hexdigest()
 
 
-def _fix_for(what: str) -> str:
-    return (f"free disk space or choose another {what} location" if what.startswith("--")
-            else f"free disk space or point {what} at another directory")
-
-
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, what: str = "--out") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, what: str | None = None, sync: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync and rename it into place.
 
-    ``what`` names the option (or cache) the path came from, so a failure blames the right one.
+    The destination is checked through :mod:`iosafety` (never a symlink, FIFO or directory, never one of
+    the command's inputs); a failure names the option the path came from: the one it was declared
+    with, else ``what`` (default ``--out``). The temporary name is short (``.vp-XXXXXXXX.tmp``), so any
+    legal destination name works. ``sync=False`` skips the fsync (many small files of a folder export).
     """
+    from . import iosafety
+
     dest = Path(path)
+    out = iosafety.output_for(dest, what)
     parent = dest.parent if str(dest.parent) else Path(".")
-    where = f"choose a writable {what} location" if what.startswith("--") else f"point {what} at a writable directory"
     if not parent.exists():
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise InputError(f"cannot create output directory {parent}: {exc.strerror}", where) from None
+            raise InputError(f"cannot create output directory {parent}: {exc.strerror}", out.fix_location) from None
     if not os.access(parent, os.W_OK):
-        raise InputError(f"output directory {parent} is not writable", where)
+        raise InputError(f"output directory {parent} is not writable (writing {out.who})", out.fix_location)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
+        fd, tmp_path = iosafety.temp_file(parent)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise RuntimeFailure(f"no space left on {parent} (writing {dest})", _fix_for(what)) from None
-        raise InputError(f"cannot write to {parent}: {exc.strerror}", where) from None
+        raise iosafety.write_failure(exc, out, dest) from None
     os.close(fd)
-    tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp (and safetensors) make 0600; use the usual mode
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, dest)
-    except OSError as exc:
-        tmp_path.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise RuntimeFailure(f"no space left on {parent} (writing {dest})", _fix_for(what)) from None
-        raise RuntimeFailure(f"cannot write {dest}: {exc.strerror or exc}", _fix_for(what)) from None
+        with iosafety.writing(out):
+            yield tmp_path
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)  # the temporary file (and safetensors) make 0600; use the usual mode
+            if sync:
+                with open(tmp_path, "rb") as fh:
+                    os.fsync(fh.fileno())
+            iosafety.check_replaceable(dest, out)
+            os.replace(tmp_path, dest)
+        iosafety.mark_written(dest)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -128,7 +123,7 @@ def _as_os_error(exc: Exception) -> OSError:
 
 
 def save_artifact(path: str | os.PathLike, tensors: dict[str, torch.Tensor], kind: str,
-                  meta: dict[str, Any], what: str = "--out") -> Path:
+                  meta: dict[str, Any], what: str | None = None) -> Path:
     """Write ``tensors`` with provenance ``meta`` atomically. No timestamps: same inputs, same bytes."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
@@ -179,8 +174,9 @@ def _check_structure(p: Path, meta: Any) -> dict[str, Any]:
     return meta
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """Read only the header: cheap, and enough for `info` and for matching cache entries."""
+def read_metadata(path: str | os.PathLike, what: str = "artifact", own: bool = False) -> dict[str, Any]:
+    """Read only the header: cheap, and enough for `info` and for matching cache entries. ``what`` names
+    the input in messages; ``own``: the command's own file (a cache entry, resume state), not an input."""
     from safetensors import SafetensorError, safe_open
 
     from .validate import regular_input
@@ -190,7 +186,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise ArtifactError(f"artifact not found: {p}", "check the path (make it with `vipamin embed`/`init`/`tune`)")
     if p.is_dir():
         raise ArtifactError(f"{p} is a directory, not an artifact", "pass a .safetensors file")
-    regular_input(p, "artifact", "pass a .safetensors file written by vipamin")
+    regular_input(p, what, "pass a .safetensors file written by vipamin", own=own)
     try:
         with safe_open(str(p), framework="pt") as fh:
             raw = (fh.metadata() or {}).get(META_KEY)
@@ -208,13 +204,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_artifact(path: str | os.PathLike, kind: str | tuple[str, ...] | None = None, verify: bool = True,
-                  what: str = "artifact") -> Artifact:
+                  what: str = "artifact", own: bool = False) -> Artifact:
     """Load and check an artifact: its kind, its schema version and its digest (tensors + metadata)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     p = Path(path)
-    meta = read_metadata(p)
+    meta = read_metadata(p, what, own)
     kinds = (kind,) if isinstance(kind, str) else kind
     if kinds and meta.get("kind") not in kinds:
         found = str(meta.get("kind"))

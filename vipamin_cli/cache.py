@@ -48,26 +48,36 @@ def embeddings_path(root: Path, key: str) -> Path:
 
 
 @contextlib.contextmanager
-def entry_lock(path: Path) -> Iterator[None]:
+def entry_lock(path: Path, option: str = "the cache directory") -> Iterator[None]:
     """Serialise processes filling the same cache entry: the second waits, then finds it done.
 
     A read-only shared cache cannot hold lock files: then the entry is read without a lock (entries
     are renamed into place whole, so a reader never sees half of one) and a miss fails on the write.
     """
+    from . import iosafety
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(path.with_name(path.name + ".lock"), "a+")  # noqa: SIM115 (closed below)
     except OSError:
         yield
         return
-    with fh:
+    lock = path.with_name(path.name + ".lock")
+    fd = iosafety.open_lock(lock, iosafety.Output(lock, option, "the cache entry's lock"),
+                            pid_file=False)
+    if fd is None:
+        yield
+        return
+    try:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: atomic rename alone keeps entries whole
             yield
             return
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+

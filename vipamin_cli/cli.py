@@ -33,7 +33,7 @@ app = typer.Typer(
     cls=strict_group_class(),  # every int / float option is read strictly ('1_0' is refused): parsing.py
 )
 
-_STATE = {"debug": False}
+_STATE = {"debug": False, "reported": False}
 
 
 def _fail(message: str, code: int) -> None:
@@ -45,8 +45,12 @@ def _fail(message: str, code: int) -> None:
         message, code = distributed.agree_failure(message, code)
         if not distributed.is_main():
             raise typer.Exit(code)
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
+    _STATE["reported"] = True
+    try:
+        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # stderr itself is gone (``2>&1 | head``): the exit code still says it
+        pass
     raise typer.Exit(code)
 
 
@@ -58,42 +62,49 @@ def _agree_before_traceback(message: str, code: int) -> None:
         distributed.agree_failure(message, code)
 
 
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null, so the interpreter's final flush cannot fail on the closed pipe again."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # no file descriptor (a test's captured stdout)
-        pass
-
-
 def handle_errors(fn: F) -> F:
-    """Turn library errors into one line on stderr and an exit code; tracebacks only with --debug."""
+    """Turn library errors into one line on stderr and an exit code; tracebacks only with --debug.
+
+    The command runs inside one :func:`iosafety.command_scope`, so every path it reads or writes is
+    checked against the others; an OSError no write path caught still becomes one line naming the file.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except VipaminError as exc:
-            if _STATE["debug"]:
-                _agree_before_traceback(str(exc), exc.exit_code)
-                raise
-            _fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
-        except BrokenPipeError:  # the reader of stdout went away (`vipamin predict ... | head`): stop quietly
-            _silence_stdout()
-            raise typer.Exit(0) from None
-        except Exception as exc:  # an unexpected failure still gets one line, not a traceback
-            text = str(exc).splitlines()[0] if str(exc) else ""
-            if _STATE["debug"]:
-                _agree_before_traceback(f"internal error: {type(exc).__name__}: {text}", 1)
-                raise
-            _fail(f"internal error: {type(exc).__name__}: {text} (re-run with --debug for the traceback)", 1)
+        from .iosafety import command_scope
+
+        with command_scope():
+            return _run_command(fn, args, kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _run_command(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    from .iosafety import os_error_line
+    from .ui import StdoutClosed
+
+    try:
+        return fn(*args, **kwargs)
+    except typer.Exit:
+        raise
+    except StdoutClosed as exc:  # ``| head`` closed the pipe: end quietly, as Unix tools do
+        raise typer.Exit(exc.exit_code) from None
+    except VipaminError as exc:
+        if _STATE["debug"]:
+            _agree_before_traceback(str(exc), exc.exit_code)
+            raise
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:  # an unexpected failure still gets one line, not a traceback
+        known = os_error_line(exc) if isinstance(exc, OSError) else None
+        if known is not None and not _STATE["debug"]:
+            _fail(str(known), known.exit_code)
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        if _STATE["debug"]:
+            _agree_before_traceback(f"internal error: {type(exc).__name__}: {text}", 1)
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {text} (re-run with --debug for the traceback)", 1)
 
 
 @app.callback()
@@ -294,7 +305,7 @@ def init(
         from .explain import render_explanation
         from .ui import escape, info
 
-        for line in render_explanation(explain_prompts(outcome.path)):
+        for line in render_explanation(explain_prompts(outcome.path, default_from="--out")):
             info(escape(line))
 
 
@@ -975,6 +986,16 @@ def _say(line: str) -> None:
 
 
 def _main(argv: list[str] | None = None) -> int:
+    """The app with every way out turned into an exit code; a Ctrl-C at any point (even while a module
+    is imported) is one line and 130."""
+    try:
+        return _run_app(argv)
+    except KeyboardInterrupt:
+        _say("error: interrupted")
+        return 130
+
+
+def _run_app(argv: list[str] | None) -> int:
     try:  # typer >= 0.17 vendors click; older versions use click itself
         from typer._click import exceptions as cx
     except ImportError:  # pragma: no cover
@@ -990,15 +1011,23 @@ def _main(argv: list[str] | None = None) -> int:
         # A shell without job control starts background jobs with SIGINT ignored, and Python then
         # keeps it ignored: restore Ctrl-C so an interrupt always stops cleanly.
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    from .ui import StdoutClosed, guarded_stdout
+
+    _STATE["reported"] = False
     try:
-        result = app(args=argv, standalone_mode=False)
+        with guarded_stdout():
+            result = app(args=argv, standalone_mode=False)
     except cx.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            return 2  # bare `vipamin` (or `vipamin data`): the usage was printed, nothing else to say
         where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         message = " ".join(exc.format_message().split())
         _say(f"error: {message}{where}")
         return 2
+    except StdoutClosed as exc:  # `vipamin --help | head`
+        return exc.exit_code
     except typer.Abort:
-        _say("error: aborted")
+        _say("error: interrupted")
         return 130
     except typer.Exit as exc:
         return int(getattr(exc, "exit_code", 0) or 0)
@@ -1007,6 +1036,8 @@ def _main(argv: list[str] | None = None) -> int:
 
         traceback.print_exc()
         return exc.exit_code
+    if result == 130 and not _STATE.get("reported"):  # Ctrl-C while typer parsed (it returns 130 silently)
+        _say("error: interrupted")
     return result if isinstance(result, int) else 0
 
 

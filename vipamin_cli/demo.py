@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 from .errors import InputError
+from .iosafety import command_scope
 
 DEMO_BACKBONE = "vit-tiny-test"
 
@@ -26,9 +27,11 @@ def export_digits(dest: str | os.PathLike, seed: int = 0, fractions: tuple[float
     import numpy as np
     from PIL import Image
 
+    from .artifacts import atomic_path
+
     root = Path(dest)
     marker = root / ".complete"
-    if marker.exists():
+    if marker.is_file():
         return root
     digits = load_digits()
     by_class: dict[int, list[int]] = {}
@@ -44,17 +47,19 @@ def export_digits(dest: str | os.PathLike, seed: int = 0, fractions: tuple[float
         parts = {"train": idx[:n_train], "val": idx[n_train:n_train + n_val], "test": idx[n_train + n_val:]}
         for split, members in parts.items():
             folder = root / split / str(label)
-            folder.mkdir(parents=True, exist_ok=True)
             for i in members:
                 pixels = (digits.images[i] * (255.0 / 16.0)).round().astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"digit_{i:04d}.png")
-    marker.write_text("ok\n")
+                with atomic_path(folder / f"digit_{i:04d}.png", sync=False) as tmp:  # never through a link
+                    Image.fromarray(pixels).save(tmp, format="PNG")
+    with atomic_path(marker) as tmp:
+        tmp.write_text("ok\n")
     return root
 
 
 DEMO_METHODS = ("random", "spt", "vipamin")
 
 
+@command_scope()
 def run_demo(out_dir: str | os.PathLike = "demo-out", device: str = "auto", epochs: int = 20,
              prompt_length: int = 20, lr: float = 1.0, seed: int = 42) -> list[dict]:
     """embed -> init -> tune -> eval on the digits for each init method; prints one comparison table.
@@ -68,13 +73,14 @@ def run_demo(out_dir: str | os.PathLike = "demo-out", device: str = "auto", epoc
     from .embed import EmbedConfig, embed_data
     from .evaluate import evaluate
     from .inits import InitConfig, init_prompts
+    from .iosafety import declare_output_dir
     from .train import TuneConfig
     from .tune import TuneInputs, tune
     from .ui import escape, info
 
-    out = Path(out_dir)
+    out = declare_output_dir(out_dir, "--out")
     data = export_digits(out / "digits")
-    info(f"[bold]demo[/]: real handwritten digits (scikit-learn) exported to {escape(data)}; backbone {DEMO_BACKBONE}")
+    info(f"demo: real handwritten digits (scikit-learn) exported to {escape(data)}; backbone {DEMO_BACKBONE}")
     start = time.perf_counter()
     emb = {split: embed_data(DEMO_BACKBONE, str(data), split=split, config=EmbedConfig(device=device),
                              cache_dir=out / "cache").path for split in ("train", "val", "test")}

@@ -21,7 +21,8 @@ from . import SCHEMA_VERSION
 from .artifacts import atomic_path, load_artifact, read_metadata, save_artifact
 from .cache import cache_option, checked_cache_root, content_key, embeddings_path, entry_lock
 from .errors import ArtifactError, InputError, Interrupted, VipaminError, unwrap_worker_error
-from .ui import escape, info, progress_bar
+from .iosafety import command_scope, declare_input_set
+from .ui import info, progress_bar
 
 if TYPE_CHECKING:
     import torch
@@ -408,6 +409,7 @@ def _batches(loader: Any) -> Iterator[Any]:
         yield batch
 
 
+@command_scope()
 def embed_dataset(backbone: Backbone, image_set: ImageSet, config: EmbedConfig | None = None,
                   out: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                   use_cache: bool = True, show_progress: bool = True) -> EmbedResult:
@@ -418,7 +420,8 @@ def embed_dataset(backbone: Backbone, image_set: ImageSet, config: EmbedConfig |
     config = config or EmbedConfig()
     check_embed_request(config, out, cache_dir, use_cache)
     resolve_device(config.device)  # refuse --device cuda without a GPU even when the cache would answer
-    _refuse_out_onto_images(out, image_set)
+    if image_set.kind != "hf":
+        declare_input_set(f"--data {image_set.root}", image_set.root, (s.key for s in image_set.samples))
     resize = resolve_resize(config.resize, image_set)
     spec = backbone.spec
     preprocessing = preprocessing_info(resize, backbone.img_size, spec.mean, spec.std, spec.interpolation)
@@ -433,7 +436,7 @@ def embed_dataset(backbone: Backbone, image_set: ImageSet, config: EmbedConfig |
     if distributed.launched():
         return _embed_distributed(backbone, image_set, config, preprocessing, data_fingerprint, key, cached, out,
                                   cache_dir, show_progress, views, augment)
-    lock = entry_lock(cached) if cached is not None else contextlib.nullcontext()
+    lock = entry_lock(cached, cache_option(cache_dir)) if cached is not None else contextlib.nullcontext()
     with lock:
         hit = _cache_hit(cached, key, out)
         if hit is not None:
@@ -495,7 +498,7 @@ def _embed_distributed(backbone: Backbone, image_set: ImageSet, config: EmbedCon
     from . import distributed
 
     main = distributed.is_main()
-    lock = entry_lock(cached) if cached is not None and main else contextlib.nullcontext()
+    lock = entry_lock(cached, cache_option(cache_dir)) if cached is not None and main else contextlib.nullcontext()
     with lock:
         hit = _cache_hit(cached, key, out) if main else None
         found = distributed.broadcast_from_main(None if hit is None else (str(hit.path), hit.meta))
@@ -526,32 +529,20 @@ def check_embed_request(config: EmbedConfig, out: str | os.PathLike | None, cach
         checked_cache_root(cache_dir)
 
 
-def _refuse_out_onto_images(out: str | os.PathLike | None, image_set: ImageSet) -> None:
-    """An existing --out that is (a link to) one of the images would destroy it: refuse."""
-    if out is None or image_set.kind == "hf" or not Path(out).exists():
-        return
-    target = os.stat(out)
-    for s in image_set.samples:
-        try:
-            st = os.stat(os.path.join(image_set.root, s.key))
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
-            raise InputError(f"--out {out} is the same file as the input image {s.key} of --data {image_set.root}",
-                             "choose another --out")
-
-
 def _cache_hit(cached: Path | None, key: str, out: str | os.PathLike | None) -> EmbedResult | None:
     """A verified cache entry for ``key`` (copied to ``out`` if given), or None."""
-    if cached is None or not cached.exists():
+    if cached is None or not os.path.lexists(cached):
         return None
+    from .iosafety import check_input
+
+    check_input(cached, "cache entry", "delete it; vipamin makes the entry again on the next run", own=True)
     try:  # a damaged entry is recomputed, never served
-        meta = load_artifact(cached, "embeddings").meta
+        meta = load_artifact(cached, "embeddings", what="cache entry", own=True).meta
     except ArtifactError:
         return None
     if meta.get("cache_key") != key:
         return None
-    info(f"[green]cache hit[/] embeddings {escape(str(cached))}")
+    info(f"cache hit: embeddings {cached}")
     dest = cached
     if out is not None:
         dest = Path(out)
@@ -560,6 +551,7 @@ def _cache_hit(cached: Path | None, key: str, out: str | os.PathLike | None) -> 
     return EmbedResult(path=dest, from_cache=True, meta=meta)
 
 
+@command_scope()
 def embed_data(backbone: str | Backbone, data: str, weights: str | None = None, split: str | None = None,
                shots: int | None = None, config: EmbedConfig | None = None, out: str | os.PathLike | None = None,
                cache_dir: str | os.PathLike | None = None, use_cache: bool = True, image_column: str = "image",

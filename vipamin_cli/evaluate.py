@@ -11,6 +11,7 @@ import torch
 
 from .artifacts import atomic_path, load_artifact
 from .errors import InputError
+from .iosafety import command_scope
 
 
 def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
@@ -37,6 +38,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+@command_scope()
 def evaluate(checkpoint: str | os.PathLike, embeddings: str | os.PathLike | None = None, backbone: str | None = None,
              data: str | None = None, weights: str | None = None, split: str | None = "test",
              embed_config: Any = None, cache_dir: str | os.PathLike | None = None, device: str = "auto",

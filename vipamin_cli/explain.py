@@ -16,6 +16,7 @@ import torch
 
 from .artifacts import atomic_path, load_artifact
 from .errors import InputError
+from .iosafety import command_scope
 
 # A perceptually ordered colour ramp (dark blue -> teal -> yellow), interpolated linearly.
 _RAMP = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]
@@ -80,8 +81,13 @@ def draw_heatmaps(counts: torch.Tensor, path: str | os.PathLike, title: str) -> 
     return dest
 
 
-def explain(prompts_path: str | os.PathLike, png: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Summarise a prompts file; for VIPAMIN also draw the match heat map (default: beside the file)."""
+@command_scope()
+def explain(prompts_path: str | os.PathLike, png: str | os.PathLike | None = None,
+            default_from: str = "--png") -> dict[str, Any]:
+    """Summarise a prompts file; for VIPAMIN also draw the match heat map (default: beside the file,
+    ``<prompts>.matches.png``; ``default_from`` names the option a failure there is blamed on)."""
+    from .iosafety import declare_output
+
     art = load_artifact(prompts_path, "prompts", what="explain's input")
     meta = art.meta
     out: dict[str, Any] = {"method": meta["method"], "deep": meta["deep"], "prompt_shape": meta["prompt_shape"]}
@@ -114,6 +120,11 @@ def explain(prompts_path: str | os.PathLike, png: str | os.PathLike | None = Non
     if all("orth_norm_raw_mean" in i for i in infos):
         out["orth_norm_raw_mean"] = sum(i["orth_norm_raw_mean"] for i in infos) / len(infos)
     dest = Path(png) if png is not None else Path(prompts_path).with_suffix(".matches.png")
+    if png is None:
+        declare_output(dest, default_from, role="the heat map",
+                       source="written beside the prompts file; choose its path with --png"
+                       if default_from == "--png" else f"written beside {default_from}",
+                       inputs=[("PROMPTS", prompts_path)])
     cfg = meta["config"]
     draw_heatmaps(counts, dest, f"VIPAMIN matches per patch position (P={cfg['prompt_length']}, K={cfg['k']}, "
                                 f"lambda={cfg['lam']})")

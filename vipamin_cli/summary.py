@@ -27,6 +27,7 @@ def _short(value: Any, limit: int = 100) -> str:
 
 def render_summary(summary: dict[str, Any]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from .ui import escape, out_console
 
@@ -51,7 +52,7 @@ def render_summary(summary: dict[str, Any]) -> None:
         else:
             table.add_row(escape(key), escape(_short(value)))
     if summary["verified"]:
-        table.add_row("integrity", "[green]digest verified[/]")
+        table.add_row("integrity", Text("digest verified", style="green"))
     console.print(table)
     tensors = Table(title="tensors")
     for col in ("name", "dtype", "shape"):

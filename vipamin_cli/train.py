@@ -79,7 +79,8 @@ class TuneConfig:
         v.integer(self.epochs, "--epochs", minimum=1, example=100)
         v.integer(self.warmup_epochs, "--warmup-epochs", minimum=0, example=10)
         if self.warmup_epochs >= self.epochs:
-            raise InputError(f"--warmup-epochs {self.warmup_epochs} must be in [0, epochs)", "pass e.g. 10")
+            raise InputError(f"--warmup-epochs {self.warmup_epochs} must be below --epochs {self.epochs}",
+                             f"pass --warmup-epochs {self.epochs // 10} (or anything from 0 to {self.epochs - 1})")
         v.integer(self.batch_size, "--batch-size", minimum=1, example=32)
         v.number(self.lr, "--lr", minimum=0, min_open=True, example=0.1)
         v.number(self.weight_decay, "--weight-decay", minimum=0, example=0.01)
@@ -441,8 +442,13 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, ...],
                     bool(torch.isfinite(p).all()) for p in m.parameters() if p.requires_grad)
                 if alive[g] and not finite:
                     if not tolerate_divergence:
+                        scaled = c.lr_scaling == "batch256" and c.batch_size != 256
                         raise RuntimeFailure(f"the training loss became nan in epoch {epoch + 1} (lr {lrs[g]:.3g}, "
-                                             f"base lr {c.lr})", "lower --lr; the last good checkpoint is kept")
+                                             f"base lr {c.lr}" + (f" x --batch-size {c.batch_size} / 256" if scaled
+                                                                 else "") + ")",
+                                             "lower --lr" + (" (or --batch-size, which scales it)" if scaled and
+                                                             c.batch_size > 256 else "")
+                                             + "; the last good checkpoint is kept")
                     alive[g] = False
                 if not alive[g]:
                     record.update(diverged=True, loss=float("nan"))

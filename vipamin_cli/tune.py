@@ -23,6 +23,7 @@ import torch
 
 from .artifacts import Artifact, atomic_path, check_same_backbone, load_artifact, read_metadata, save_artifact
 from .errors import ArtifactError, InputError, Interrupted
+from .iosafety import command_scope
 from .train import (
     DEFAULT_PROMPTS,
     RunState,
@@ -173,9 +174,22 @@ def _check_geometry(base: TuneConfig, vit: torch.nn.Module, grid: tuple[int, int
     length = (max(init.prompt_length or 0 for init in init_configs(inputs)) if inputs.prompts is None else 0)
     length = length or DEFAULT_PROMPTS[base.arch]
     tokens = int(train["tokens"].shape[1])
-    need = v.prompt_memory(length, int(vit.embed_dim), depth if base.arch == "vpt-deep" else 1, tokens,
-                           base.batch_size, int(vit.blocks[0].attn.num_heads), depth)
-    v.memory_fits(need, "--prompt-length", length, dev, "pass a smaller --prompt-length or --batch-size")
+    v.training_memory_fits(length, int(vit.embed_dim), depth if base.arch == "vpt-deep" else 1, tokens,
+                           base.batch_size, int(train["tokens"].shape[0]), int(vit.blocks[0].attn.num_heads), depth,
+                           dev)
+
+
+def _check_init_k(inputs: TuneInputs, recipe: Any, patches: int) -> None:
+    """Every VIPAMIN K of the init grid against the patch count, before the first init is computed; a
+    value from a recipe is blamed on the recipe, not on a --k the user never typed."""
+    from .inits.vipamin import check_k_grid, k_origin
+
+    if inputs.prompts is not None:
+        return
+    ks = [c.k for c in init_configs(inputs) if c.method == "vipamin"]
+    source = (recipe.resolved.get("init_grid") or {}).get("source") if recipe is not None else None
+    given = recipe is None or (source == "option" and any("k" in g for g in recipe.init_grid))
+    check_k_grid(ks, patches, k_origin(getattr(recipe, "recipe", None), source, given))
 
 
 def _init_key(r: dict[str, Any]) -> int:
@@ -361,6 +375,7 @@ def _run_stage(stage: _Stage, backbone: Any, num_classes: int, pool: str, grid: 
     return models
 
 
+@command_scope()
 def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: list[float], seeds: list[int],
          out: str | os.PathLike, device: str = "auto", resume: bool = False, show_progress: bool = True,
          on_epoch: Any = None, grid_batch: int | None = None, precision: str = "auto",
@@ -450,10 +465,10 @@ def check_tune_request(inputs: TuneInputs, base: TuneConfig, lrs: list[float], w
     out = v.output_path(out, "--out", [("--embeddings", inputs.embeddings), ("--val-embeddings", inputs.val_embeddings),
                                        ("--prompts", inputs.prompts),
                                        ("--final-embeddings", inputs.final_embeddings)])
-    for extra in (_partial_path(out), out.with_name(out.name.removesuffix(".safetensors") + ".sweep.json")):
-        v.output_path(extra, f"--out's {extra.name}", [("--embeddings", inputs.embeddings),
-                                                        ("--val-embeddings", inputs.val_embeddings),
-                                                        ("--prompts", inputs.prompts)])
+    for extra, role in ((_partial_path(out), "the resume state"), (out.with_name(out.name + ".lock"), "the lock file"),
+                        (out.with_name(out.name.removesuffix(".safetensors") + ".sweep.json"), "the sweep record")):
+        v.output_path(extra, "--out", [("--embeddings", inputs.embeddings), ("--val-embeddings", inputs.val_embeddings),
+                                       ("--prompts", inputs.prompts)], role=role)
     # Resolved now, so the resume signature and the checkpoint record what actually ran.
     precision_used = "bf16" if precision == "bf16" or (precision == "auto" and dev.type == "cuda") else "fp32"
     compile_blocks = compile_mode == "on" or (compile_mode == "auto" and dev.type == "cuda")
@@ -469,18 +484,17 @@ def output_lock(out: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows
         yield
         return
+    from . import iosafety
+
     lock = out.with_name(out.name + ".lock")
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create output directory {lock.parent}: {exc.strerror}",
                          "choose a writable --out location") from None
+    record = iosafety.output_for(lock, "--out")
     while True:
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise InputError(f"cannot create the lock file {lock}: {exc.strerror}",
-                             "choose a writable --out location") from None
+        fd = iosafety.open_lock(lock, record, pid_file=True)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -498,12 +512,12 @@ def output_lock(out: Path) -> Iterator[None]:
             break
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with iosafety.writing(record):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(lock)
+        iosafety.remove_own_lock(lock, fd)
         os.close(fd)
 
 
@@ -544,6 +558,7 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
     backbone = load_backbone_from_identity(identity, weights=inputs.weights, what="the training embeddings")
     grid = (identity["img_size"] // identity["patch"],) * 2
     _check_geometry(base, backbone.model, grid, train, inputs, dev)
+    _check_init_k(inputs, recipe, int(identity["num_patches"]))
     from . import distributed
 
     distributed.sync()  # every rank has its inputs (a rank that could not read them stops all here)
@@ -762,7 +777,7 @@ def render_sweep(sweep: dict[str, Any]) -> None:
     for r in sweep["runs"]:
         c = r["config"]
         picked = validated and (c["lr"], c["weight_decay"]) == (chosen["lr"], chosen["weight_decay"])
-        mark = "[bold green]* " if picked else "  "
+        mark = "* " if picked else "  "
         best = f"{r['best']['val_top1']:.2f} ({r['best']['epoch']})" if r["best"] else "-"
         final = f"{r['final_val_top1']:.2f}" if r["final_val_top1"] is not None else "-"
         table.add_row(f"{mark}{c['lr']:g}", f"{c['weight_decay']:g}", str(c["seed"]), final, best,

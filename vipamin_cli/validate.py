@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -143,71 +142,43 @@ def prompt_memory(prompt_length: int, dim: int, blocks: int = 1, tokens: int = 0
     return params + acts
 
 
+def training_memory_fits(prompt_length: int, dim: int, blocks: int, tokens: int, batch: int, images: int,
+                         heads: int, depth: int, device: Any = None) -> None:
+    """Refuse a training step that cannot fit, blaming the option that makes it too big: --batch-size
+    when one image per step would fit, else --prompt-length. A batch larger than the data set trains
+    on the whole set at once, so it costs no more than the set."""
+    used = max(1, min(batch, images))
+    need = prompt_memory(prompt_length, dim, blocks, tokens, used, heads, depth)
+    have = available_memory(device)
+    if have is None or need <= have:
+        return
+    if prompt_memory(prompt_length, dim, blocks, tokens, 1, heads, depth) <= have:
+        memory_fits(need, "--batch-size", batch, device, f"pass a smaller --batch-size (with --prompt-length "
+                    f"{prompt_length})")
+    memory_fits(need, "--prompt-length", prompt_length, device, "pass a smaller --prompt-length")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Paths
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device node"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    return "not a regular file"
+def regular_input(path: str | os.PathLike, what: str, fix: str = "pass a regular file", *,
+                  own: bool = False) -> os.stat_result:
+    """Refuse a FIFO, device or socket before opening it (opening a FIFO blocks until a writer comes);
+    the one gate is :func:`iosafety.check_input`, which also records the file as the command's input."""
+    from .iosafety import check_input
 
-
-def regular_input(path: str | os.PathLike, what: str, fix: str = "pass a regular file") -> os.stat_result:
-    """Refuse a FIFO, device or socket before opening it (opening a FIFO blocks until a writer comes)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise InputError(f"{what} not found: {path}", "check the path") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {what} {path}: {exc.strerror}", "check the path and its permissions") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{what} {path} is {_kind(st.st_mode)}, not a regular file", fix)
-    return st
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return os.path.realpath(a) == os.path.realpath(b)
+    return check_input(path, what, fix, own=own)
 
 
 def output_path(out: str | os.PathLike, option: str = "--out",
-                inputs: Iterable[tuple[str, str | os.PathLike | None]] = ()) -> Path:
-    """Check an output path before any work: not a directory, not an existing FIFO/device/symlink,
-    and not the same file (hard links and symlinks included) as any of the command's inputs."""
-    p = Path(out)
-    if not str(out).strip():
-        raise InputError(f"{option} is empty", f"pass {option} FILE")
-    try:
-        st = os.lstat(p)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise InputError(f"cannot write to {p.parent}: {exc.strerror}",
-                         f"choose a writable {option} location") from None
-    if st is not None:
-        if stat.S_ISDIR(st.st_mode):
-            raise InputError(f"{option} {p} is a directory", f"pass a file path, e.g. {option} {p / 'out.safetensors'}")
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{option} {p} exists and is {_kind(st.st_mode)}; vipamin only replaces regular files",
-                             f"remove it or choose another {option}")
-    for name, path in inputs:
-        if path is not None and _same_file(p, Path(path)):
-            raise InputError(f"{option} {p} is the same file as the input {name} {path}; writing it would destroy "
-                             "the input", f"choose another {option}")
-    return p
+                inputs: Iterable[tuple[str, str | os.PathLike | None]] = (), role: str | None = None) -> Path:
+    """Check an output path before any work: not a directory, not an existing FIFO/device/symlink, a name
+    the file system allows, and not the same file (hard links and symlinks included) as any of the
+    command's inputs or another option's output (see :func:`iosafety.declare_output`)."""
+    from .iosafety import declare_output
+
+    return declare_output(out, option, role, inputs)
 
 
 def cache_dir(root: Path, option: str) -> Path:

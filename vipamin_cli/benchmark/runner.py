@@ -15,16 +15,18 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
+import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .. import iosafety
 from ..artifacts import atomic_path
 from ..errors import InputError
 from .inputs import INPUTS_KEY, file_digest, task_inputs, what_changed, without_inputs
+from ..iosafety import command_scope
 from .protocol import METHOD_SETUP, METHODS, CellProtocol, cell_recipe, check_recipe, recipe_protocol
 from .suites import Suite, Task, resolve_suite
 
@@ -191,8 +193,8 @@ def _tune_step(inputs: Any, base: Any, lrs: list[float], wds: list[float], seeds
     from ..tune import has_resume_state, tune
 
     sweep_json = out.with_name(out.name.removesuffix(".safetensors") + ".sweep.json")
-    finished = distributed.broadcast_from_main(json.loads(sweep_json.read_text()) if out.exists() and
-                                               sweep_json.exists() and distributed.is_main() else None)
+    finished = distributed.broadcast_from_main(_read_sweep(sweep_json, out) if out.exists() and
+                                               os.path.lexists(sweep_json) and distributed.is_main() else None)
     if finished is not None:
         return finished
     outcome = tune(inputs, base, lrs, wds, seeds, out, device=device, resume=has_resume_state(out),
@@ -319,20 +321,103 @@ def write_json(path: Path, obj: dict[str, Any]) -> None:
 
 
 def _load_results(path: Path, suite: Suite, spec: BenchmarkSpec) -> dict[str, Any]:
+    from ..iosafety import read_json
+
     header = {"schema": RESULTS_SCHEMA, "suite": suite.name, "root": str(suite.root), "backbone": spec.backbone,
               "weights": spec.weights}
-    if not path.exists():
+    if not os.path.lexists(path):
         return header | {"groups": list(suite.groups), "tasks": {}, "methods": [], "embeddings": {},
                          "cells": {}, "invocations": []}
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path}: {exc}", "delete it to start over, or pass another --out") from None
+    fix = "delete it (or pass another --out) to start the benchmark over"
+    results = read_json(path, "benchmark results", fix, own=True)
+    problem = _results_problem(results)
+    if problem is not None:
+        raise InputError(f"{path} is not a vipamin benchmark results file ({problem})", fix)
     for key, value in header.items():
-        if results.get(key) != value:
+        if results.get(key) != value and not (key == "root" and _same_folder(results.get(key), value)):
             raise InputError(f"{path} holds a benchmark with {key} {results.get(key)!r}, not {value!r}",
                              "pass another --out for a different benchmark")
+    results["root"] = header["root"]
     return results
+
+
+def _same_folder(a: Any, b: str) -> bool:
+    """A root recorded relative (by an older vipamin) that names the same folder."""
+    try:
+        return isinstance(a, str) and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+_RESULTS_FIELDS = {"suite": str, "root": str, "backbone": str, "groups": list, "tasks": dict, "methods": list,
+                   "embeddings": dict, "cells": dict, "invocations": list}
+
+
+def _results_problem(results: Any) -> str | None:
+    """What is wrong with a parsed results.json (None: nothing)."""
+    if not isinstance(results, dict):
+        return f"a JSON {type(results).__name__}, not an object"
+    for key, typ in _RESULTS_FIELDS.items():
+        if not isinstance(results.get(key), typ):
+            return f"'{key}' is {'missing' if key not in results else 'not a ' + typ.__name__}"
+    for key, cell in results["cells"].items():
+        if not isinstance(cell, dict) or not isinstance(cell.get("signature_digest"), str) or not isinstance(
+                cell.get("test_top1"), dict) or not isinstance(cell["test_top1"].get("mean"), (int, float)):
+            return f"cell {key} is damaged"
+    for name, task in results["tasks"].items():
+        if not isinstance(task, dict) or not isinstance(task.get("group"), str):
+            return f"task {name} is damaged"
+    return None
+
+
+def _read_sweep(sweep_json: Path, out: Path) -> dict[str, Any]:
+    """The record of a finished tune step of a cell (its own file), checked before it is used."""
+    from ..iosafety import read_json
+
+    fix = f"delete {sweep_json} and {out} to run that step again"
+    sweep = read_json(sweep_json, "sweep record", fix, own=True)
+    chosen = sweep.get("chosen") if isinstance(sweep, dict) else None
+    runs = sweep.get("runs") if isinstance(sweep, dict) else None
+    ok = (isinstance(chosen, dict) and all(isinstance(chosen.get(k), (int, float)) for k in ("lr", "weight_decay"))
+          and isinstance(runs, list) and runs and all(isinstance(r, dict) and isinstance(r.get("config"), dict)
+                                                      for r in runs))
+    if not ok:
+        raise InputError(f"{sweep_json} is damaged (not a sweep record of `vipamin tune`)", fix)
+    return sweep
+
+
+# The files a cell folder holds, all written by tune/run_cell: what a stale cell may be cleared of.
+_CELL_FILE = re.compile(r"(signature\.json|(sweep\d+|final)(\.prompts(-\w+)?|(\.rank\d+)?\.partial)?\.safetensors"
+                        r"|(sweep\d+|final)\.sweep\.json|(sweep\d+|final)\.safetensors\.lock|\.vp-\w+\.tmp)")
+
+
+def _clear_cell(cell_dir: Path) -> None:
+    """Delete a stale cell's files: only names a cell run writes; anything else is refused, named."""
+    entries = sorted(cell_dir.iterdir())
+    for entry in entries:
+        if entry.is_symlink() or not entry.is_file() or not _CELL_FILE.fullmatch(entry.name):
+            raise InputError(f"{entry} is not a file vipamin writes in a benchmark cell, so the stale cell "
+                             f"{cell_dir} is not cleared", f"move it away, or delete the folder {cell_dir} yourself")
+    for entry in entries:
+        entry.unlink()
+    cell_dir.rmdir()
+
+
+def _stale_cell(cell_dir: Path, sig: dict[str, Any]) -> bool:
+    """Whether ``cell_dir`` holds leftovers of a cut-off run with other options (its signature.json
+    differs); a damaged signature is refused, not guessed at."""
+    from ..iosafety import read_json
+
+    sig_file = cell_dir / "signature.json"
+    if not cell_dir.exists():
+        return False
+    if not os.path.lexists(sig_file):
+        return True
+    fix = f"delete the folder {cell_dir} to run that cell from the start"
+    recorded = read_json(sig_file, "cell signature", fix, own=True)
+    if not isinstance(recorded, dict):
+        raise InputError(f"{sig_file} is damaged (a JSON {type(recorded).__name__}, not an object)", fix)
+    return recorded != json.loads(json.dumps(sig))  # JSON has no tuples: compare as read back
 
 
 def _check_plot_support() -> None:
@@ -442,6 +527,24 @@ def _retire_unselected(suite: Suite, methods: list[str], results: dict[str, Any]
             _retire(results, invocation, key, what_changed(old, now) + again, "dropped")
 
 
+def _check_init_k(spec: BenchmarkSpec, cell_protocols: dict[str, CellProtocol]) -> None:
+    """Every VIPAMIN cell's K values against the backbone's patch count, before the first cell runs; a
+    value from a recipe's grid is blamed on --recipe, not on a --k the user never typed."""
+    from ..backbones import resolve_spec
+    from ..inits.vipamin import check_k_grid, k_origin
+
+    cells = {m: p for m, p in cell_protocols.items() if p.init_method == "vipamin"}
+    if not cells:
+        return
+    bb = resolve_spec(spec.backbone)
+    patches = (bb.img_size // bb.patch) ** 2
+    for protocol in cells.values():
+        source = ((protocol.resolved or {}).get("init_grid") or {}).get("source") if protocol.recipe else None
+        check_k_grid([c.k for c in protocol.init_configs("cpu")], patches,
+                     k_origin(spec.recipe if protocol.recipe else None, source, given=bool(spec.init_grid.get("k"))))
+
+
+@command_scope()
 def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
     """Run (or resume) every task x method cell of the suite; returns the results and writes the report."""
     from ..ui import info, progress_bar
@@ -465,8 +568,11 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
     from ..embed import resolve_device
 
     resolve_device(spec.device)
+    _check_init_k(spec, cell_protocols)
     suite = resolve_suite(spec.suite, spec.root, spec.tasks)
-    out = Path(spec.out)
+    out = iosafety.declare_output_dir(spec.out, "--out")
+    for name, role in (("results.json", "the results"), ("table.md", "the table"), ("results.png", "the plot")):
+        iosafety.declare_output(out / name, "--out", role=role)
     results_path = out / "results.json"
     results = _load_results(results_path, suite, spec)
     for t in suite.tasks:
@@ -500,10 +606,9 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
                 embedded[task.name], results["embeddings"][task.name] = _embed_task(task, spec)
             cell_dir = out / "cells" / task.name / method
             sig_file = cell_dir / "signature.json"
-            stale = cell_dir.exists() and (not sig_file.exists() or  # JSON has no tuples: compare as read back
-                                            json.loads(sig_file.read_text()) != json.loads(json.dumps(sig)))
+            stale = _stale_cell(cell_dir, sig) if distributed.is_main() else False
             if stale and distributed.is_main():
-                shutil.rmtree(cell_dir)  # leftovers of a cut-off run with other options
+                _clear_cell(cell_dir)  # leftovers of a cut-off run with other options
             if distributed.is_main():
                 cell_dir.mkdir(parents=True, exist_ok=True)
             write_json(sig_file, sig)

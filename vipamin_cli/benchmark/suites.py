@@ -8,7 +8,7 @@ in the same layout work for tests.
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,21 +77,29 @@ def _is_vtab_folder(path: Path) -> bool:
 
 def _testbed(root: Path) -> list[Task]:
     """Tasks from the manifest written by `vipamin data make-testbed`, else every VTAB-layout folder."""
+    from ..iosafety import read_json
+
     manifest = root / "manifest.json"
-    if manifest.is_file():
-        try:
-            obj = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read {manifest}: {exc}", "regenerate it with `vipamin data make-testbed`") \
-                from None
+    if os.path.lexists(manifest):
+        fix = "re-make it with `vipamin data make-testbed`, or remove it to use every VTAB-layout folder"
+        obj = read_json(manifest, "testbed manifest", fix)
+        if isinstance(obj, dict) and obj.get("suite") == "vipamin-testbed":
+            from ..testbed.make import manifest_problem
+
+            problem = manifest_problem(obj)
+            if problem is not None:
+                raise InputError(f"{manifest} is not a valid vipamin testbed manifest: {problem}", fix)
         entries = obj.get("tasks", obj) if isinstance(obj, dict) else obj
         if isinstance(entries, dict):
             entries = [{"name": k, **(v if isinstance(v, dict) else {})} for k, v in entries.items()]
+        if not isinstance(entries, list):
+            raise InputError(f"{manifest} lists no tasks (its 'tasks' is a {type(entries).__name__})", fix)
         tasks = []
-        for e in entries if isinstance(entries, list) else []:
-            if isinstance(e, dict) and isinstance(e.get("name"), str):
-                tasks.append(Task(e["name"], str(e.get("group", "Testbed")).capitalize(),
-                                  root / e.get("folder", e.get("path", e["name"]))))
+        for e in entries:
+            folder = e.get("folder", e.get("path", e.get("name"))) if isinstance(e, dict) else None
+            if not isinstance(e, dict) or not isinstance(e.get("name"), str) or not isinstance(folder, str):
+                raise InputError(f"{manifest} has a task entry without a name: {str(e)[:60]}", fix)
+            tasks.append(Task(e["name"], str(e.get("group", "Testbed")).capitalize(), root / folder))
         if tasks:
             return tasks
     found = sorted(p.name for p in root.iterdir() if _is_vtab_folder(p)) if root.is_dir() else []
@@ -100,7 +108,7 @@ def _testbed(root: Path) -> list[Task]:
 
 def resolve_suite(name: str, root: str | Path, tasks: list[str] | None = None) -> Suite:
     """The suite's tasks under ``root`` (optionally the subset ``tasks``); missing folders are refused."""
-    root = Path(root).expanduser()
+    root = Path(os.path.abspath(Path(root).expanduser()))  # one benchmark, however --root is spelled
     if name not in SUITES:
         raise InputError(f"unknown --suite '{name}'", f"use one of {', '.join(SUITES)}")
     if not root.is_dir():

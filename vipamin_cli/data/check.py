@@ -16,12 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 from vipamin_cli.errors import InputError
+from vipamin_cli.iosafety import check_input
 
 from .fgvc import FGVC_SPLITS, _parse_fgvc_json
-from .images import _reason
+from .images import _reason, open_image
 from .vtab import VTAB_LIST_FILES, _parse_vtab_list
 
 # VTAB-1k's 19 tasks under the folder names of NOAH's release, with their number of classes.
@@ -94,7 +93,7 @@ class CheckReport:
 
 
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
+    return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
 
 
 def _examples(items: list[str], k: int = 3) -> str:
@@ -103,15 +102,16 @@ def _examples(items: list[str], k: int = 3) -> str:
 
 
 def _inspect_image(path: Path, decode: bool) -> tuple[tuple[int, int] | None, str | None]:
-    """(width, height) or the reason the file cannot be read; decoding catches truncated files."""
+    """(width, height) or the reason the file cannot be read; decoding catches truncated files. A FIFO
+    or device is refused by the input gate before it is opened (it would block)."""
     try:
-        with Image.open(path) as img:
-            size = img.size
-            if decode:
-                img.load()
-        return size, None
-    except FileNotFoundError:
-        return None, "missing"
+        if not os.path.lexists(path):
+            return None, "missing"
+        check_input(path, "image", own=True)
+        with open_image(path, str(path), decode) as img:
+            return img.size, None
+    except InputError as exc:
+        return None, exc.message.replace(f"image {path} is ", "").replace(f"cannot read image {path}: ", "")
     except Exception as exc:  # PIL raises many types for bad files; all mean "unreadable"
         return None, _reason(exc)
 
@@ -120,8 +120,13 @@ def _check_images(task: str, root: Path, rels: Iterable[str], summary: TaskSumma
                   problems: list[Problem]) -> None:
     rels = sorted(set(rels))
     workers = max(1, min(8, os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes outside the GIL
+    pool = ThreadPoolExecutor(max_workers=workers)  # PIL decodes outside the GIL
+    try:
         results = list(pool.map(lambda r: _inspect_image(root / r, decode), rels))
+    except BaseException:  # Ctrl-C: stop at once, do not wait for the images being read
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     missing = [r for r, (_, why) in zip(rels, results, strict=True) if why == "missing"]
     bad = [f"{r} ({why})" for r, (_, why) in zip(rels, results, strict=True) if why and why != "missing"]
     sizes = [s for s, _ in results if s is not None]
@@ -171,7 +176,7 @@ def check_vtab_task(task: str, folder: Path, num_classes: int, counts: dict[str,
     entries: dict[str, list[tuple[str, int]]] = {}
     for split, fname in VTAB_LIST_FILES.items():
         path = folder / fname
-        if not path.is_file():
+        if not os.path.lexists(path):  # a FIFO or folder in its place is reported by the parser's gate
             problems.append(Problem(task, "missing list file", f"{fname} not found in {folder}"))
             continue
         try:
@@ -208,7 +213,7 @@ def check_fgvc_task(task: str, folder: Path, num_classes: int, decode: bool = Tr
     rels: list[str] = []
     for split in FGVC_SPLITS:
         path = folder / f"{split}.json"
-        if not path.is_file():
+        if not os.path.lexists(path):
             problems.append(Problem(task, "missing list file", f"{split}.json not found in {folder}"))
             continue
         try:
@@ -316,6 +321,7 @@ def check_data(root: str | os.PathLike, suite: str, decode: bool = True, tasks: 
 def render_report(report: CheckReport, console: object | None = None) -> None:
     """Print the problems table (if any) and a per-task summary."""
     from rich.table import Table
+    from rich.text import Text
 
     from vipamin_cli.ui import out_console
 
@@ -330,8 +336,8 @@ def render_report(report: CheckReport, console: object | None = None) -> None:
         sizes = "-" if t.min_size is None else (
             f"{t.min_size[0]}x{t.min_size[1]}" if t.min_size == t.max_size
             else f"{t.min_size[0]}x{t.min_size[1]} .. {t.max_size[0]}x{t.max_size[1]}")
-        status = ("[red]error[/]" if t.task in bad_tasks else "[yellow]warning[/]" if t.task in warn_tasks
-                  else "[green]ok[/]")
+        status = (Text("error", style="red") if t.task in bad_tasks else Text("warning", style="yellow")
+                  if t.task in warn_tasks else Text("ok", style="green"))
         classes = f"{t.classes_found}/{t.classes_expected}" if t.folder else f"-/{t.classes_expected}"
         summary.add_row(t.task, lists, classes, str(t.images), sizes, status)
     con.print(summary)
@@ -340,7 +346,7 @@ def render_report(report: CheckReport, console: object | None = None) -> None:
         for col in ("task", "problem", "severity", "detail"):
             table.add_column(col, overflow="fold")
         for p in report.problems:
-            sev = "[red]error[/]" if p.severity == ERROR else "[yellow]warning[/]"
+            sev = Text("error", style="red") if p.severity == ERROR else Text("warning", style="yellow")
             table.add_row(p.task, p.kind, sev, p.detail)
         con.print(table)
     n_err, n_warn = len(report.errors), len(report.warnings)

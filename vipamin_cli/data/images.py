@@ -6,7 +6,7 @@ import hashlib
 import io
 import json
 import os
-import stat
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,7 +112,7 @@ def _reason(exc: BaseException) -> str:
 def _file_digest(path: str) -> tuple[int, str]:
     h = hashlib.blake2b(digest_size=16)
     size = 0
-    _regular_image(path)
+    _regular_image(path, own=True)  # recorded once for the whole set (iosafety.declare_input_set)
     try:
         with open(path, "rb") as fh:
             while chunk := fh.read(1 << 20):
@@ -160,29 +160,46 @@ def _to_rgb(img: Image.Image, where: str) -> Image.Image:
         ) from exc
 
 
-def _open_loaded(source: Any, where: str) -> Image.Image:
+# PIL warns (DecompressionBombWarning) on images between MAX_IMAGE_PIXELS and twice that, straight to
+# stderr and even under VIPAMIN_QUIET: vipamin says it itself, once per image, as a note (open_image).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def open_image(source: Any, where: str, decode: bool = True) -> Image.Image:
+    """The one way vipamin opens an image: PIL's header read (and full decode with ``decode``, so a
+    truncated file is caught now); an image over PIL's decompression-bomb warning size gets vipamin's
+    own note instead of PIL's raw warning. Any PIL failure is one line naming the file."""
     try:
         img = Image.open(source)
-        img.load()
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and img.width * img.height > limit:
+            from vipamin_cli.ui import info
+
+            info(f"note: image {where} has {img.width * img.height:,} pixels, more than PIL's decompression-bomb "
+                 f"warning size ({limit:,}); decoding it anyway (twice that size is refused)")
+        if decode:
+            img.load()
     except Exception as exc:  # PIL raises many types for corrupt files; all are bad input
         raise InputError(f"cannot read image {where}: {_reason(exc)}", _IMAGE_FIX) from exc
     return img
 
 
-def _regular_image(path: str | os.PathLike) -> None:
-    """A FIFO or device named like an image would block (or never end) when opened: refuse it first."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise InputError(f"cannot read image {os.fspath(path)}: {_reason(exc)}", _IMAGE_FIX) from exc
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"image {os.fspath(path)} is not a regular file (a FIFO, device or socket)", _IMAGE_FIX)
+def _open_loaded(source: Any, where: str) -> Image.Image:
+    return open_image(source, where)
+
+
+def _regular_image(path: str | os.PathLike, own: bool = False) -> None:
+    """A FIFO or device named like an image would block (or never end) when opened: refuse it first
+    (through the one input gate, :func:`iosafety.check_input`)."""
+    from vipamin_cli.iosafety import check_input
+
+    check_input(path, "image", _IMAGE_FIX, own=own, missing_fix=_IMAGE_FIX)
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Open an image file fully (so truncation is caught now) and return it as RGB."""
     where = os.fspath(path)
-    _regular_image(where)
+    _regular_image(where, own=True)
     img = _open_loaded(where, where)
     return _to_rgb(img, where)
 

@@ -44,6 +44,10 @@ def open_dataset(
     if shots is not None:
         image_set.samples = _few_shot(image_set, shots, seed)
         image_set.shots = shots
+    if image_set.kind != "hf":  # the images this command reads: no output may be one of them
+        from vipamin_cli.iosafety import declare_input_set
+
+        declare_input_set(f"--data {image_set.root}", image_set.root, (s.key for s in image_set.samples))
     return image_set
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..iosafety import command_scope
 from .base import BlockInit, InitConfig, InitContext, InitMethod, uniform_prompts, vpt_bound
 from .random_init import RandomInit
 from .spt import SptInit
@@ -76,6 +77,7 @@ def default_prompts_name(config: InitConfig) -> str:
     return f"prompts-{config.method}{'-deep' if config.deep else ''}.safetensors"
 
 
+@command_scope()
 def init_prompts(config: InitConfig, embeddings: str | os.PathLike | None = None, backbone: str | None = None,
                  data: str | None = None, weights: str | None = None, split: str | None = None,
                  shots: int | None = None, embed_config: Any = None, out: str | os.PathLike | None = None,

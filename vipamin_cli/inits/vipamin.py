@@ -163,6 +163,33 @@ def check_choices(lam: float | None = None, orth: str | None = None, orth_scale:
         raise InputError(f"unknown --orth-scale '{orth_scale}'", f"use one of {', '.join(ORTH_SCALES)}")
 
 
+def check_k_grid(ks: list[int], patches: int, origin: str = "--k") -> None:
+    """Every K a run will use against the backbone's patch count, before the first init or cell runs;
+    ``origin`` (:func:`k_origin`) says where the values came from: ``--k``, ``default``, or a recipe
+    whose grid the user never typed."""
+    for k in dict.fromkeys(ks):
+        if 1 <= k <= patches:
+            continue
+        if origin == "--k":
+            what = f"--k {k}"
+        elif origin == "default":
+            what = f"the default K = {k} (VIPAMIN's --k)"
+        else:
+            what = f"{origin} sets K = {k}, which"
+        raise InputError(f"{what} is out of range: the backbone has {patches} patch positions",
+                         f"pass --k with values from 1 to {patches} (e.g. --k {min(2, patches)},{min(8, patches)})"
+                         + ("; it replaces the recipe's K grid" if origin.startswith("--recipe") else ""))
+
+
+def k_origin(recipe: str | None, source: str | None, given: bool) -> str:
+    """Where a run's K values come from, for :func:`check_k_grid`'s message."""
+    if given:
+        return "--k"
+    if recipe is None or source in (None, "option"):
+        return "default"
+    return f"--recipe {recipe} ({source})" if source else f"--recipe {recipe}"
+
+
 class VipaminInit:
     name: ClassVar[str] = "vipamin"
 

@@ -13,6 +13,7 @@ holds ``images/{train,test}/NNNNN.png`` and ``train800.txt``, ``val200.txt``, ``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -27,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from vipamin_cli.errors import InputError
+from vipamin_cli.iosafety import command_scope
 
 MANIFEST = "manifest.json"
 SUITE = "vipamin-testbed"
@@ -258,69 +260,194 @@ def _check_every_class(task: TaskDef, counts: dict[str, list[int]], sizes: dict[
                          "pass larger sizes")
 
 
+@command_scope()
 def make_testbed(dest: str | os.PathLike, seed: int = 0, tasks: Sequence[str] | None = None,
                  train_size: int = 800, val_size: int = 200, test_size: int = 1000,
                  progress: Callable[[str], None] | None = None) -> Path:
     """Write the testbed under ``dest`` and return the manifest's path.
 
     Built in a temporary sibling folder and renamed into place, so an interrupted run leaves no
-    half-made suite. ``dest`` must be empty, absent, or a testbed made before (then it is replaced).
+    half-made suite. ``dest`` must be absent, empty, or a testbed made before whose every file is
+    listed, unchanged, in its manifest and whose tasks are all made again: vipamin replaces only
+    what it can prove it made, and refuses otherwise, naming the file.
     """
+    from vipamin_cli import iosafety
+    from vipamin_cli.validate import seed as check_seed
+
     names = list(TASK_NAMES if tasks is None else tasks)
     unknown = [n for n in names if n not in TASK_NAMES]
     if unknown or not names:
         raise InputError(f"unknown testbed task(s): {', '.join(unknown) or '(none given)'}",
                          f"choose from {', '.join(TASK_NAMES)}")
+    check_seed(seed, "--seed")
     for label, value, top in (("train size", train_size, None), ("val size", val_size, None),
                               ("test size", test_size, 2000)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (top and value > top):
             raise InputError(f"{label} must be an integer from 1 to {top or 'the pool size'}, got {value!r}",
                              "pass a positive size" + (f" of at most {top}" if top else ""))
-    dest = Path(dest).expanduser()
-    if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not (dest / MANIFEST).is_file())):
-        raise InputError(f"{dest} exists and is not an empty folder or a testbed made before",
-                         "choose a new DEST folder")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest = iosafety.declare_output_dir(Path(dest).expanduser(), "DEST", replace=True)
+    previous = _previous_testbed(dest, names)
     sizes = {"train800": train_size, "val200": val_size, "test": test_size}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        pools = _Pools(seed)
-        entries = []
-        for name in names:
-            if progress:
-                progress(name)
-            entries.append(_write_task(tmp, next(t for t in TASKS if t.name == name), pools, seed, sizes))
-        files = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        manifest = {"suite": SUITE, "version": VERSION, "seed": seed, "sizes": sizes,
-                    "sources": {"mnist_t10k": "vipamin_cli/testbed/data (sha256 in vipamin_cli.testbed.mnist)",
-                                "digits8x8": "sklearn.datasets.load_digits"},
-                    "tasks": entries, "files": files}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            dest.rename(old)
-            tmp.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with iosafety.writing(iosafety.Output(dest, "DEST")):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=iosafety.TEMP_PREFIX, suffix=iosafety.TEMP_SUFFIX, dir=dest.parent))
+        try:
+            manifest = _build(tmp, names, seed, sizes, progress)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+            _swap_in(tmp, dest, previous)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a folder this call created, with only its own files
+            raise
     return dest / MANIFEST
 
 
-def read_manifest(root: str | os.PathLike) -> dict:
-    """The manifest of a testbed folder (made by :func:`make_testbed`)."""
-    path = Path(root) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{root} has no {MANIFEST}",
-                         "make the testbed with `vipamin data make-testbed DEST`") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path}: {exc}", "re-make the testbed with `vipamin data make-testbed`") from None
-    if not isinstance(manifest, dict) or manifest.get("suite") != SUITE or not isinstance(manifest.get("tasks"), list):
-        raise InputError(f"{path} is not a vipamin testbed manifest", "re-make the testbed with "
-                         "`vipamin data make-testbed`")
+def _build(tmp: Path, names: list[str], seed: int, sizes: dict[str, int],
+           progress: Callable[[str], None] | None) -> dict:
+    pools = _Pools(seed)
+    entries = []
+    for name in names:
+        if progress:
+            progress(name)
+        entries.append(_write_task(tmp, next(t for t in TASKS if t.name == name), pools, seed, sizes))
+    files = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    return {"suite": SUITE, "version": VERSION, "seed": seed, "sizes": sizes,
+            "sources": {"mnist_t10k": "vipamin_cli/testbed/data (sha256 in vipamin_cli.testbed.mnist)",
+                        "digits8x8": "sklearn.datasets.load_digits"},
+            "tasks": entries, "files": files}
+
+
+_NOT_OURS = "move it away, or choose a new DEST folder"
+
+
+def _listing(root: Path) -> tuple[list[str], list[str]]:
+    """Every file (and non-folder entry) and every folder under ``root``, relative, links not followed."""
+    files, folders = [], []
+    for here, dirs, names in os.walk(root, followlinks=False):
+        rel = Path(here).relative_to(root)
+        for d in list(dirs):
+            if os.path.islink(os.path.join(here, d)):
+                dirs.remove(d)
+                files.append((rel / d).as_posix())
+            else:
+                folders.append((rel / d).as_posix())
+        files += [(rel / n).as_posix() for n in names]
+    return files, folders
+
+
+def _previous_testbed(dest: Path, names: list[str]) -> dict | None:
+    """The manifest of the testbed in ``dest`` when every entry there is one vipamin made (listed in
+    the manifest with its digest, unchanged), None when ``dest`` is absent or empty; else refuse."""
+    if not dest.exists() or not any(dest.iterdir()):
+        return None
+    if not os.path.lexists(dest / MANIFEST):
+        raise InputError(f"{dest} is not empty and holds no {MANIFEST}: it is not a testbed vipamin made, so "
+                         "vipamin will not replace it", _NOT_OURS)
+    from vipamin_cli.iosafety import read_json
+
+    manifest = read_json(dest / MANIFEST, "testbed manifest", _NOT_OURS, own=True)
+    problem = manifest_problem(manifest)
+    if problem is not None:
+        raise InputError(f"{dest / MANIFEST} is not a vipamin testbed manifest ({problem}), so {dest} is not a "
+                         "testbed vipamin made; vipamin will not replace it", _NOT_OURS)
+    listed = manifest.get("files")
+    if not isinstance(listed, dict):
+        raise InputError(f"{dest / MANIFEST} lists no files, so vipamin cannot tell which files there it made",
+                         _NOT_OURS)
+    files, _ = _listing(dest)
+    for rel in sorted(files):
+        path = dest / rel
+        if rel == MANIFEST:
+            continue
+        if rel not in listed or os.path.islink(path) or not path.is_file():
+            raise InputError(f"{path} is not part of the testbed made before (not in its {MANIFEST}); vipamin "
+                             "replaces only what it made", _NOT_OURS)
+        if _sha256(path) != listed[rel]:
+            raise InputError(f"{path} was changed after the testbed was made (its digest differs from "
+                             f"{MANIFEST}); vipamin will not delete an edited file", _NOT_OURS)
+    dropped = [t["name"] for t in manifest["tasks"] if t["name"] not in names]
+    if dropped:
+        keep = ",".join(dict.fromkeys([*names, *dropped]))
+        raise InputError(f"{dest} holds the testbed task(s) {', '.join(dropped)}, which this call would delete",
+                         f"pass --tasks {keep} to make them again too, or choose a new DEST folder")
     return manifest
+
+
+def _swap_in(tmp: Path, dest: Path, previous: dict | None) -> None:
+    """Rename the new testbed into place; the old one (all files vipamin made) is removed file by file."""
+    if previous is None:
+        tmp.rename(dest)  # absent, or an empty folder (which a rename replaces)
+        return
+    files, _ = _listing(dest)
+    stray = [f for f in files if f != MANIFEST and f not in previous["files"]]
+    if stray:
+        raise InputError(f"{dest / stray[0]} appeared while the testbed was being made; vipamin replaces only "
+                         "what it made", _NOT_OURS)
+    from vipamin_cli.iosafety import TEMP_PREFIX
+
+    old = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=".old", dir=dest.parent))
+    dest.rename(old)  # onto the empty folder just made
+    tmp.rename(dest)
+    _remove_listed(old, [*previous["files"], MANIFEST])
+
+
+def _remove_listed(root: Path, files: list[str]) -> None:
+    """Delete the listed files, then the folders they leave empty; anything else stays (and says so)."""
+    for rel in files:
+        with contextlib.suppress(FileNotFoundError):
+            (root / rel).unlink()
+    _, folders = _listing(root)
+    for rel in sorted(folders, key=lambda f: f.count("/"), reverse=True):
+        with contextlib.suppress(OSError):
+            (root / rel).rmdir()
+    try:
+        root.rmdir()
+    except OSError:
+        from vipamin_cli.ui import info
+
+        info(f"note: the previous testbed was moved to {root}; some files there were not vipamin's, so they were kept")
+
+
+def read_manifest(root: str | os.PathLike, own: bool = False) -> dict:
+    """The manifest of a testbed folder (made by :func:`make_testbed`), checked field by field so a
+    damaged or edited one is one line naming the file, never a crash later."""
+    from vipamin_cli.iosafety import check_input, read_json
+
+    path = Path(root) / MANIFEST
+    fix = "re-make the testbed with `vipamin data make-testbed`"
+    check_input(path, "testbed manifest", fix, own=own,
+                missing_fix="make the testbed with `vipamin data make-testbed DEST`")
+    manifest = read_json(path, "testbed manifest", fix, own=own)
+    problem = manifest_problem(manifest)
+    if problem is not None:
+        raise InputError(f"{path} is not a valid vipamin testbed manifest: {problem}", fix)
+    return manifest
+
+
+def manifest_problem(manifest: object) -> str | None:
+    """What is wrong with a parsed manifest (None: nothing): its type, or the first bad field."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    if manifest.get("suite") != SUITE:
+        return f"'suite' is {manifest.get('suite')!r}, not {SUITE!r}"
+    tasks = manifest.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        return "'tasks' is missing or not a non-empty list"
+    for i, t in enumerate(tasks):
+        if not isinstance(t, dict):
+            return f"task {i} is not an object"
+        name = t.get("name")
+        if not isinstance(name, str) or not name or "/" in name or name in (".", "..") or name.startswith("."):
+            return f"task {i} has no valid 'name' (a folder name)"
+        num = t.get("num_classes")
+        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+            return f"task {name}: 'num_classes' is {num!r}, not a positive integer"
+        counts = t.get("counts")
+        if not isinstance(counts, dict) or not all(isinstance(k, str) and isinstance(v, int) and not
+                                                   isinstance(v, bool) and v >= 0 for k, v in counts.items()):
+            return f"task {name}: 'counts' is missing or not a map of split -> number of images"
+        if not isinstance(t.get("group", ""), str):
+            return f"task {name}: 'group' is not a string"
+    files = manifest.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        return "'files' is not a map of file -> sha256"
+    return None
