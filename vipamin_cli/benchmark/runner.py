@@ -25,8 +25,8 @@ from typing import Any
 from .. import iosafety
 from ..artifacts import atomic_path
 from ..errors import InputError
-from .inputs import INPUTS_KEY, file_digest, task_inputs, what_changed, without_inputs
 from ..iosafety import command_scope
+from .inputs import INPUTS_KEY, file_digest, task_inputs, what_changed, without_inputs
 from .protocol import METHOD_SETUP, METHODS, CellProtocol, cell_recipe, check_recipe, recipe_protocol
 from .suites import Suite, Task, resolve_suite
 
