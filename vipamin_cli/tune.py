@@ -29,16 +29,15 @@ from .tuning.inputs import (
     TuneInputs,
     check_compatible,
     init_configs,
-    on_device,
     prepare,
     read_splits,
     resolve_recipe,
 )
-from .tuning.plan import GridPoint, SweepPlan, grid_points, plan_sweep, rank_groups
+from .tuning.plan import GridPoint, grid_points, plan_sweep
 from .tuning.request import check_sources, check_tune_request, output_lock
-from .tuning.resume import ResumeState, StageProgress, has_resume_state, load_resume_state, partial_path, signature
+from .tuning.resume import has_resume_state, load_resume_state, partial_path, signature
 from .tuning.selection import choose, select, sweep_record
-from .tuning.stage import Runtime, Stage, gather_stage, run_stage
+from .tuning.stage import Runtime, sweep_runs
 
 __all__ = ["GridPoint", "TuneInputs", "TuneOutcome", "check_compatible", "check_tune_request", "grid_points",
            "has_resume_state", "init_configs", "load_runs", "output_lock", "render_sweep", "select", "tune",
@@ -87,10 +86,8 @@ def _tune(inputs: TuneInputs, base: TuneConfig, grids: tuple[list[float], list[f
     inits = init_configs(inputs)
     splits = read_splits(inputs)
     base = resolve_recipe(base, recipe, splits.identity)
-    if splits.final is not None:  # the final runs' seeds default to the sweep's
-        final_seeds = list(final_seeds) if final_seeds is not None else list(seeds)
-    plan = plan_sweep(base, lrs, weight_decays, seeds, len(inits), grid_batch,
-                      final_seeds if splits.final is not None else None)
+    final = (list(final_seeds) if final_seeds is not None else list(seeds)) if splits.final is not None else None
+    plan = plan_sweep(base, lrs, weight_decays, seeds, len(inits), grid_batch, final)
     if plan.configurations > 1 and splits.val is None:
         raise InputError("a sweep over several init / lr / weight decay values needs validation data",
                          "pass --val SPLIT or --val-embeddings FILE")
@@ -99,7 +96,7 @@ def _tune(inputs: TuneInputs, base: TuneConfig, grids: tuple[list[float], list[f
     partial = partial_path(out)
     state = load_resume_state(partial, sig, resume)
     meta = checkpoint_meta(data, base, runtime, recipe)
-    sweep_done, sweep_models = _sweep(plan, data, runtime, state, partial, meta | {"signature": sig})
+    sweep_done, sweep_models = sweep_runs(plan, data, state, meta | {"signature": sig}, runtime, partial)
     chosen = choose(plan, sweep_done.done, splits.val is not None, base.tie_break)
     sweep = sweep_record(chosen, data.sources, sweep_done.done, base.tie_break)
     if splits.final is None:
@@ -108,21 +105,6 @@ def _tune(inputs: TuneInputs, base: TuneConfig, grids: tuple[list[float], list[f
         kept = final_runs(plan, data, inputs, out, chosen, state.progress_of("final"),
                           meta | {"signature": sig, "sweep_done": sweep_done.done}, runtime, partial)
     return _finish(out, meta, kept, sweep, data, runtime, partial)
-
-
-def _sweep(plan: SweepPlan, data: TuneData, runtime: Runtime, state: ResumeState, partial: Path,
-           resume_meta: dict[str, Any]) -> tuple[StageProgress, dict[int, Any]]:
-    """Train the sweep's candidates (unless the run being resumed had finished it): its runs, and the
-    models trained in this call by candidate index."""
-    if state.stage != "sweep":
-        return StageProgress(done=state.sweep_done or []), {}
-    groups, data_parallel = rank_groups(len(plan.points), plan.grid_batch)
-    val = data.splits.val
-    stage = Stage("sweep", plan.points, data.prompts, on_device(data.splits.train, runtime.device),
-                  (val["tokens"], val["labels"]) if val is not None else None, groups, state.progress, resume_meta,
-                  tolerate=len(plan.points) > 1, data_parallel=data_parallel)
-    models = run_stage(stage, data, runtime, partial)
-    return gather_stage(stage), models
 
 
 def _finish(out: Path, meta: dict[str, Any], kept: CheckpointRuns, sweep: dict[str, Any], data: TuneData,

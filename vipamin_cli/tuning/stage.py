@@ -20,9 +20,9 @@ from ..artifacts import save_artifact
 from ..errors import InputError, Interrupted
 from ..train import RunState, build_model, config_dict, optimizer_tensors, train_group, trainable_state
 from ..ui import progress_bar
-from .inputs import TuneData
-from .plan import GridPoint
-from .resume import StageProgress
+from .inputs import TuneData, on_device
+from .plan import GridPoint, SweepPlan, rank_groups
+from .resume import ResumeState, StageProgress
 
 
 @dataclass
@@ -71,6 +71,21 @@ class _StateFile:
                                          "current": current}
         meta |= {"done_index": progress.index} if self.launched else {}
         save_artifact(self.path, dict(progress.tensors) | (current_tensors or {}), "checkpoint", meta)
+
+
+def sweep_runs(plan: SweepPlan, data: TuneData, state: ResumeState, resume_meta: dict[str, Any], runtime: Runtime,
+               partial: Path) -> tuple[StageProgress, dict[int, Any]]:
+    """The sweep stage: train every candidate (unless the run being resumed had finished the sweep);
+    its runs, and the models trained in this call by candidate index."""
+    if state.stage != "sweep":
+        return StageProgress(done=state.sweep_done or []), {}
+    groups, data_parallel = rank_groups(len(plan.points), plan.grid_batch)
+    val = data.splits.val
+    stage = Stage("sweep", plan.points, data.prompts, on_device(data.splits.train, runtime.device),
+                  (val["tokens"], val["labels"]) if val is not None else None, groups, state.progress, resume_meta,
+                  tolerate=len(plan.points) > 1, data_parallel=data_parallel)
+    models = run_stage(stage, data, runtime, partial)
+    return gather_stage(stage), models
 
 
 def run_stage(stage: Stage, data: TuneData, runtime: Runtime, partial: Path) -> dict[int, Any]:
