@@ -34,7 +34,7 @@ from .tuning.inputs import (
     resolve_recipe,
 )
 from .tuning.plan import GridPoint, grid_points, plan_sweep
-from .tuning.request import check_sources, check_tune_request, output_lock
+from .tuning.request import check_sources, check_tune_request, check_vipamin_choices, output_lock
 from .tuning.resume import has_resume_state, load_resume_state, partial_path, signature
 from .tuning.selection import choose, select, sweep_record
 from .tuning.stage import Runtime, sweep_runs
@@ -123,10 +123,14 @@ def tune_plan(inputs: TuneInputs, plan: Any, out: str | os.PathLike, **kwargs: A
     """`tune` driven by a resolved recipe (``recipes.plan(...)``): its grids, init sweep and final seeds."""
     from .inits import InitConfig
 
-    if inputs.init_grid is None and inputs.prompts is None:
+    if inputs.init_grid is None:
         template = inputs.init or InitConfig(method=plan.init_method)
         template = replace(template, method=plan.init_method, prompt_length=template.prompt_length
                            or plan.prompt_length)
-        inputs = replace(inputs, init_grid=[replace(template, **g) for g in plan.init_grid])
+        candidates = [replace(template, **g) for g in plan.init_grid]
+        if inputs.prompts is None:
+            inputs = replace(inputs, init_grid=candidates)
+        for init in candidates if inputs.prompts is not None else []:  # unused, but a wrong value is refused
+            check_vipamin_choices(init)
     return tune(inputs, plan.base, plan.lrs, plan.weight_decays, plan.seeds, out,
                 final_seeds=plan.final_seeds if inputs.has_final else None, recipe=plan, **kwargs)

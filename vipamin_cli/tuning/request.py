@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -49,6 +50,7 @@ def check_tune_request(inputs: TuneInputs, base: TuneConfig, lrs: list[float], w
     v.integer(grid_batch, "--grid-batch", minimum=1, example=4, optional=True)
     for init in ([inputs.init] if inputs.init is not None else []) + list(inputs.init_grid or []):
         init.validate({"seed": "--init-seed"})
+        check_vipamin_choices(init)
     for s in final_seeds or []:
         v.seed(s, "--seeds")
     if inputs.embed_config is not None:
@@ -71,6 +73,15 @@ def check_tune_request(inputs: TuneInputs, base: TuneConfig, lrs: list[float], w
     precision_used = "bf16" if precision == "bf16" or (precision == "auto" and dev.type == "cuda") else "fp32"
     compile_blocks = compile_mode == "on" or (compile_mode == "auto" and dev.type == "cuda")
     return out, dev, precision_used, compile_blocks, configs
+
+
+def check_vipamin_choices(init: Any) -> None:
+    """VIPAMIN's lambda range and orthogonal mode, scale and cutoff names, before any data is read."""
+    from ..inits.vipamin import check_choices, resolve_rcond
+
+    if init.method == "vipamin":
+        check_choices(init.lam, init.orth, init.orth_scale)
+        resolve_rcond(init.orth_rcond, 1)  # its form (none, reference, a number in (0, 1)); the width comes later
 
 
 @contextlib.contextmanager
