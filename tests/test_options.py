@@ -60,18 +60,19 @@ def test_help_panels_and_flags(cli) -> None:
 
 @pytest.fixture(scope="module")
 def emb(digits_dir, tmp_path_factory):
+    """The small splits (80 images each): tune trains on test and validates on val here."""
     root = tmp_path_factory.mktemp("emb")
     return {s: embed_data("vit-tiny-test", str(digits_dir), split=s, out=root / f"{s}.safetensors", use_cache=False,
-                          config=EmbedConfig(calib_size=24, sample_images=4)).path for s in ("train", "val")}
+                          config=EmbedConfig(calib_size=24, sample_images=4)).path for s in ("val", "test")}
 
 
 def test_tune_gives_its_init_options_to_the_init(emb, tmp_path, cli) -> None:
     """VIPAMIN's orthogonal options (and the rest) reach tune's init: the same prompts as `vipamin init`."""
     given = ["--k", "4", "--lambda", "0.7", "--orth", "reference", "--orth-scale", "match", "--orth-rcond",
              "reference", "--orth-energy", "0.95", "-p", "4"]
-    code, out, err = cli("init", "--embeddings", emb["train"], "--seed", "3", *given, "--out", tmp_path / "p.st")
+    code, out, err = cli("init", "--embeddings", emb["val"], "--seed", "3", *given, "--out", tmp_path / "p.st")
     assert code == 0, err
-    code, out, err = cli("tune", "--embeddings", emb["train"], "--init", "vipamin", "--init-seed", "3", *given,
+    code, out, err = cli("tune", "--embeddings", emb["val"], "--init", "vipamin", "--init-seed", "3", *given,
                          "--epochs", "1", "--warmup-epochs", "0", "--out", tmp_path / "ck.safetensors")
     assert code == 0, err
     made, used = load_artifact(tmp_path / "p.st"), load_artifact(tmp_path / "ck.prompts.safetensors")
@@ -84,15 +85,15 @@ def test_tune_gives_its_init_options_to_the_init(emb, tmp_path, cli) -> None:
 
 
 def test_tune_sweeps_orthogonal_modes_as_init_candidates(emb, tmp_path, cli) -> None:
-    code, _, err = cli("tune", "--embeddings", emb["train"], "--val-embeddings", emb["val"], "--init", "vipamin",
-                       "--orth", "exact,reference", "--orth-rcond", "none,1e-3", "--k", "4", "-p", "4", "--epochs",
+    code, _, err = cli("tune", "--embeddings", emb["test"], "--val-embeddings", emb["val"], "--init", "vipamin",
+                       "--orth", "exact,reference", "--orth-rcond", "1e-3", "--k", "4", "-p", "4", "--epochs",
                        "1", "--warmup-epochs", "0", "--out", tmp_path / "ck.safetensors")
     assert code == 0, err
     sweep = load_artifact(tmp_path / "ck.safetensors").meta["sweep"]
     assert [(s["config"]["orth"], s["config"]["orth_rcond"]) for s in sweep["inits"]] == [
-        ("exact", "none"), ("exact", "1e-3"), ("reference", "none"), ("reference", "1e-3")]
-    assert sorted(r["init_index"] for r in sweep["runs"]) == [0, 1, 2, 3]
-    code, _, err = cli("tune", "--embeddings", emb["train"], "--init", "vipamin", "--orth-rcond", "2", "-p", "4",
+        ("exact", "1e-3"), ("reference", "1e-3")]
+    assert sorted(r["init_index"] for r in sweep["runs"]) == [0, 1]
+    code, _, err = cli("tune", "--embeddings", emb["val"], "--init", "vipamin", "--orth-rcond", "2", "-p", "4",
                        "--epochs", "1", "--warmup-epochs", "0", "--out", tmp_path / "bad.safetensors")
     assert code == 2 and "--orth-rcond '2' is not valid" in err and err.count("\n") == 1, err
     assert not (tmp_path / "bad.safetensors").exists()
