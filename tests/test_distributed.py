@@ -29,9 +29,9 @@ SWEEP = ["--lr", "0.1,0.5,1", "--weight-decay", "0.01,0.001", "--grid-batch", "2
 
 STOPPER = '''
 import os
-import vipamin_cli.tune as tune
+import vipamin_cli.tuning.stage as stage
 
-_train_group, _epochs = tune.train_group, {"n": 0}
+_train_group, _epochs = stage.train_group, {"n": 0}
 
 
 def train_group(*args, **kwargs):
@@ -48,7 +48,7 @@ def train_group(*args, **kwargs):
     return _train_group(*args, **kwargs)
 
 
-tune.train_group = train_group
+stage.train_group = train_group
 from vipamin_cli.__main__ import run
 
 run()

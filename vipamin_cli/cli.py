@@ -16,6 +16,56 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from .errors import VipaminError
+from .options import (  # the options several commands share, defined once with their help panels
+    INIT,
+    INIT_METHODS,
+    PROMPTS,
+    RUNTIME,
+    Architecture,
+    AugmentOpt,
+    BackboneOpt,
+    CacheOpt,
+    CalibSizeOpt,
+    CompileOpt,
+    DataOpt,
+    DataSeedOpt,
+    DataSource,
+    DeepStatsOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EmbedBatchOpt,
+    Embedding,
+    Flag,
+    GridBatchOpt,
+    ImageColOpt,
+    InitGrid,
+    InitMethodOpt,
+    InitTuning,
+    InitValues,
+    LabelColOpt,
+    Opt,
+    Optimiser,
+    OutCheckpointOpt,
+    PrecisionOpt,
+    PromptLengthOpt,
+    PromptsOpt,
+    RecipeOpt,
+    ResizeOpt,
+    ResumeOpt,
+    SampleImagesOpt,
+    Schedule,
+    SeedOpt,
+    SeedsOpt,
+    Selection,
+    ShotsOpt,
+    SplitOpt,
+    Vapt,
+    ViewsOpt,
+    VipaminGrid,
+    WeightsOpt,
+    WorkersOpt,
+    with_option_groups,
+)
 from .parsing import strict_group_class
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -117,73 +167,13 @@ def main_options(
         os.environ["VIPAMIN_QUIET"] = "1"
 
 
-# Options shared by the commands that read images.
-BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="Backbone name (see `vipamin backbones`) "
-                                          "or timm:<vit name>.")]
-WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Local checkpoint (.safetensors, .pth, .pth.tar) "
-                                                "instead of hub weights; 'random' = seeded random weights "
-                                                "(for timing only).")]
-DataOpt = Annotated[str, typer.Option("--data", "-d", help="Image folder (class subfolders, optionally train/val/"
-                                      "test), VTAB-1k list-file folder, FGVC json-split folder, hf:<owner>/<name>, "
-                                      "or hf-disk:<path>.")]
-SplitOpt = Annotated[str | None, typer.Option("--split", help="Split to read: train/val/test, train800/val200/"
-                                              "train800val200 for VTAB; default: train (all for a plain class "
-                                              "folder).")]
-ShotsOpt = Annotated[int | None, typer.Option("--shots", help="Few-shot: draw K images per class (with --seed).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for few-shot draws and the calibration subset.")]
-CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Embeddings cache (default $VIPAMIN_CACHE or "
-                                               "the user cache dir).")]
-OptDataOpt = Annotated[str | None, typer.Option("--data", "-d", help="Data source (see `vipamin embed --help`).")]
-DataSeedOpt = Annotated[int, typer.Option("--data-seed", help="Seed of the few-shot draw and calibration subset "
-                                          "(embed's --seed).")]
-ImageColOpt = Annotated[str, typer.Option("--image-column", help="Image column of a hub dataset.")]
-LabelColOpt = Annotated[str, typer.Option("--label-column", help="Label column of a hub dataset.")]
-
-# The embedding options, one group shared by every command that embeds (embed; init, tune and eval with
-# --backbone/--data), so that each finds the cache entry `embed` made with the same values.
-EMBED_PANEL = "Embedding (embed, and init/tune/eval with --backbone/--data)"
-ResizeOpt = Annotated[str, typer.Option("--resize", rich_help_panel=EMBED_PANEL, help="auto | vtab (squash to "
-                                        "input size) | fgvc (resize 256, centre crop 224). auto = fgvc for FGVC "
-                                        "json folders, else vtab. E.g. --resize fgvc.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", rich_help_panel=EMBED_PANEL, help="Storage dtype of cached "
-                                       "tokens: bfloat16 | float32 (recommended for init-only embeddings). E.g. "
-                                       "--dtype float32.")]
-CalibSizeOpt = Annotated[int, typer.Option("--calib-size", rich_help_panel=EMBED_PANEL, help="Images used for "
-                                           "the calibration statistics. E.g. --calib-size 256.")]
-SampleImagesOpt = Annotated[int, typer.Option("--sample-images", rich_help_panel=EMBED_PANEL, help="Calibration "
-                                              "images whose per-block tokens are kept for SPT prototypes. E.g. "
-                                              "--sample-images 32.")]
-AugmentOpt = Annotated[str | None, typer.Option("--augment", rich_help_panel=EMBED_PANEL, help="none | fgvc "
-                                                "(also cache --views random training views per image: resize "
-                                                "256, random crop 224, flip; tune draws one per image per epoch) "
-                                                "| auto (fgvc for FGVC json folders). Default none; tune with "
-                                                "--recipe: auto. E.g. --augment fgvc.")]
-ViewsOpt = Annotated[int | None, typer.Option("--views", rich_help_panel=EMBED_PANEL, help="Augmented views per "
-                                              "training image with --augment (default 8; storage (1 + V) x the "
-                                              "tokens). E.g. --views 8.")]
-WorkersOpt = Annotated[int | None, typer.Option("--workers", rich_help_panel=EMBED_PANEL, help="Image decoding "
-                                                "workers (default: 0 on CPU, up to 8 on CUDA). E.g. --workers 4.")]
-DeepStatsOpt = Annotated[str, typer.Option("--deep-stats", rich_help_panel=EMBED_PANEL, help="Calibration keys "
-                                           "and mean inputs of blocks b >= 1: prompt-free | reference (the VIPAMIN "
-                                           "authors' pass with seeded random deep prompts in every block, for deep "
-                                           "VIPAMIN), e.g. --deep-stats reference.")]
-SptWindowsOpt = Annotated[str, typer.Option("--spt-windows", help="SPT mean/max windows: ours (P-1 windows of "
-                                            "N div (P-1) tokens, then the rest) | reference (the official "
-                                            "remainder rule: the P-th window is the last N mod w tokens, or all "
-                                            "N when it divides), e.g. --spt-windows reference.")]
-EmbedBatchOpt = Annotated[int, typer.Option("--embed-batch-size", rich_help_panel=EMBED_PANEL, help="Images per "
-                                            "forward batch when embedding. E.g. --embed-batch-size 64.")]
-
-
 def _embed_config(seed: int, resize: str, dtype: str, calib_size: int, sample_images: int, augment: str | None,
                   views: int | None, workers: int | None, batch_size: int, device: str,
                   deep_stats: str = "prompt-free") -> Any:
-    """The EmbedConfig of the shared embedding options (augment None = none)."""
-    from .embed import EmbedConfig
-
-    return EmbedConfig(resize=resize, dtype=dtype, calib_size=calib_size, sample_images=sample_images, seed=seed,
-                       batch_size=batch_size, device=device, workers=workers, augment=augment or "none",
-                       views=views, deep_stats=deep_stats)
+    """The EmbedConfig of the embedding options as embed and eval spell them (augment None = none)."""
+    return Embedding(resize=resize, dtype=dtype, calib_size=calib_size, sample_images=sample_images, augment=augment,
+                     views=views, deep_stats=deep_stats, workers=workers,
+                     embed_batch_size=batch_size).config(seed, device)
 
 
 @app.command(epilog="Example: vipamin embed --backbone mae-vit-b --data ./flowers --split train")
@@ -229,76 +219,37 @@ def embed(
 
 @app.command(epilog="Example: vipamin init --method vipamin --backbone mae-vit-b --data ./flowers --k 8 --lambda 0.5")
 @handle_errors
+@with_option_groups
 def init(
-    method: Annotated[str, typer.Option("--method", "-m", help="vipamin | spt | random (VPT's uniform init).")]
-    = "vipamin",
-    embeddings: Annotated[Path | None, typer.Option("--embeddings", "-e", help="Embeddings file from `vipamin "
-                                                    "embed` (instead of --backbone/--data).")] = None,
-    backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="Backbone name; with --data, the "
-                                                 "cached embeddings are found or made.")] = None,
-    data: OptDataOpt = None,
-    split: SplitOpt = None,
-    weights: WeightsOpt = None,
-    shots: ShotsOpt = None,
-    data_seed: DataSeedOpt = 0,
-    resize: ResizeOpt = "auto",
-    dtype: DtypeOpt = "bfloat16",
-    calib_size: CalibSizeOpt = 256,
-    sample_images: SampleImagesOpt = 32,
-    augment: AugmentOpt = None,
-    views: ViewsOpt = None,
-    deep_stats: DeepStatsOpt = "prompt-free",
-    workers: WorkersOpt = None,
-    embed_batch_size: EmbedBatchOpt = 64,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Prompts file (default prompts-<method>"
-                                             "[-deep].safetensors).")] = None,
-    deep: Annotated[bool, typer.Option("--deep", help="One prompt set per block (deep VPT).")] = False,
-    prompt_length: Annotated[int | None, typer.Option("--prompt-length", "-p", help="Prompts per block "
-                                                      "(default 100 shallow, 20 deep).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of every random draw of the method.")] = 0,
-    k: Annotated[int, typer.Option("--k", help="VIPAMIN: patch positions averaged per prompt.")] = 8,
-    lam: Annotated[float, typer.Option("--lambda", help="VIPAMIN: weight of the orthogonal part, in [0, 1].")]
-    = 0.5,
-    orth: Annotated[str, typer.Option("--orth", help="VIPAMIN: exact (solve x W_V^T + b_V = v_perp) | exact-ln "
-                                      "(values orthogonal through block 0's LayerNorm, as the block computes "
-                                      "them) | reference (the authors' pinv(W_V) formula).")] = "exact",
-    orth_scale: Annotated[str, typer.Option("--orth-scale", help="VIPAMIN: none | match (rescale each orthogonal "
-                                            "row to the matched part's mean norm before mixing).")] = "none",
-    orth_rcond: Annotated[str, typer.Option("--orth-rcond", help="VIPAMIN: relative singular-value cutoff of the "
-                                            "map back to token space: none (keep all, float64) | reference (the "
-                                            "authors' float32 pinv cutoff, D * 1.19e-7) | a number in (0, 1).")]
-    = "none",
-    orth_energy: Annotated[float, typer.Option("--orth-energy", help="VIPAMIN: spectral energy kept when the "
-                                               "attention-output span fills the whole space.")] = 0.99,
-    orth_rank: Annotated[int | None, typer.Option("--orth-rank", help="VIPAMIN: force a truncated span basis "
-                                                  "of this rank.")] = None,
-    sample: Annotated[str, typer.Option("--sample", help="SPT: random | mean | max | kmeans.")] = "kmeans",
-    spt_windows: SptWindowsOpt = "ours",
-    token_budget: Annotated[int, typer.Option("--token-budget", help="SPT k-means: tokens sampled at most.")]
-    = 200_000,
-    kmeans_iters: Annotated[int, typer.Option("--kmeans-iters", help="SPT k-means: Lloyd steps at most.")] = 100,
-    kmeans_restarts: Annotated[int, typer.Option("--kmeans-restarts", help="SPT k-means: independent greedy "
-                                                 "k-means++ runs; the lowest inertia is kept.")] = 1,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
-    cache_dir: CacheOpt = None,
-    explain_it: Annotated[bool, typer.Option("--explain", help="Also print why (and draw the VIPAMIN heat "
-                                             "map beside the prompts file).")] = False,
+    method: Annotated[str, Opt("--method", "-m", panel=INIT, help=f"{INIT_METHODS}.")] = "vipamin",
+    out: Annotated[Path | None, Opt("--out", "-o", help="Prompts file (default prompts-<method>[-deep]"
+                                    ".safetensors).")] = None,
+    explain_it: Annotated[bool, Flag("--explain", help="Also print why (and draw the VIPAMIN heat map beside the "
+                                     "prompts file).")] = False,
+    source: DataSource = DataSource(),
+    embedding: Embedding = Embedding(),
+    seed: Annotated[int, Opt("--seed", panel=INIT, help="Seed of every random draw of the method.")] = 0,
+    values: InitValues = InitValues(),
+    tuning: InitTuning = InitTuning(),
+    deep: Annotated[bool, Flag("--deep", panel=PROMPTS, help="One prompt set per block (deep VPT).")] = False,
+    prompt_length: PromptLengthOpt = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Initialise prompts (VIPAMIN, SPT prototypes or VPT random) from cached calibration statistics.
 
     Given --backbone/--data, the matching embeddings are found in the cache (or embedded first).
     Prints the path of the prompts file on stdout.
     """
+    from dataclasses import asdict
+
     from .inits import InitConfig, init_prompts
 
-    config = InitConfig(method=method, prompt_length=prompt_length, deep=deep, seed=seed, k=k, lam=lam, orth=orth,
-                        orth_scale=orth_scale, orth_rcond=orth_rcond, orth_energy=orth_energy, orth_rank=orth_rank,
-                        sample=sample, spt_windows=spt_windows, token_budget=token_budget,
-                        kmeans_iters=kmeans_iters, kmeans_restarts=kmeans_restarts, device=device)
-    embed_config = _embed_config(data_seed, resize, dtype, calib_size, sample_images, augment, views, workers,
-                                 embed_batch_size, device, deep_stats)
-    outcome = init_prompts(config, embeddings=embeddings, backbone=backbone, data=data, weights=weights,
-                           split=split, shots=shots, embed_config=embed_config, out=out, cache_dir=cache_dir)
+    config = InitConfig(method=method, prompt_length=prompt_length, deep=deep, seed=seed, **asdict(values),
+                        **asdict(tuning), device=device)
+    outcome = init_prompts(config, embeddings=source.embeddings, backbone=source.backbone, data=source.data,
+                           weights=source.weights, split=source.split, shots=source.shots,
+                           embed_config=embedding.config(source.data_seed, device), out=out,
+                           cache_dir=source.cache_dir)
     typer.echo(str(outcome.path))
     if explain_it:
         from .explain import explain as explain_prompts
@@ -349,182 +300,91 @@ def _strings(text: str, option: str) -> list[str]:
     return string_list(text, option)
 
 
+def _given_lists(lists: dict[str, tuple[str | None, str, type]]) -> dict[str, list]:
+    """The options given as comma lists, parsed: {field: values} for each (text, option, kind) not None."""
+    return {field: (_strings(text, option) if kind is str else _numbers(text, option, kind))
+            for field, (text, option, kind) in lists.items() if text is not None}
+
+
 def _init_grid(lists: dict[str, tuple[str | None, str, type]]) -> list[dict[str, Any]] | None:
     """The cross product of the init options given as comma lists (None when none was given)."""
     import itertools
 
-    given = {field: (_strings(text, option) if kind is str else _numbers(text, option, kind))
-             for field, (text, option, kind) in lists.items() if text is not None}
+    given = _given_lists(lists)
     if not given:
         return None
     names = list(given)
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(given[n] for n in names))]
 
 
+def _vipamin_lists(grid: VipaminGrid) -> dict[str, tuple[str | None, str, type]]:
+    """VIPAMIN's init options as (comma list, option, kind) by InitConfig field (tune, benchmark)."""
+    return {"k": (grid.k, "--k", int), "lam": (grid.lam, "--lambda", float), "orth": (grid.orth, "--orth", str),
+            "orth_scale": (grid.orth_scale, "--orth-scale", str), "orth_rcond": (grid.orth_rcond, "--orth-rcond", str)}
+
+
 @app.command(epilog="Examples: vipamin tune --recipe vipamin --backbone mae-vit-b --data ./vtab/dtd --split train800 "
              "--val val200 --final-split train800val200 --out dtd.safetensors  |  vipamin tune --embeddings "
              "train.safetensors --val-embeddings val.safetensors --lr 0.05,0.1 --k 2,8 --lambda 0,0.5")
 @handle_errors
+@with_option_groups
 def tune(
-    embeddings: Annotated[Path | None, typer.Option("--embeddings", "-e", help="Training embeddings (instead of "
-                                                    "--backbone/--data).")] = None,
-    backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="Backbone name (with --data).")] = None,
-    data: OptDataOpt = None,
-    split: SplitOpt = None,
-    weights: WeightsOpt = None,
-    shots: ShotsOpt = None,
-    data_seed: DataSeedOpt = 0,
-    val: Annotated[str | None, typer.Option("--val", help="Validation split of --data (e.g. val, val200).")] = None,
-    val_embeddings: Annotated[Path | None, typer.Option("--val-embeddings", help="Validation embeddings file.")]
-    = None,
-    final_split: Annotated[str | None, typer.Option("--final-split", help="After selecting on --val, retrain the "
-                                                    "chosen configuration on this split of --data once per seed "
-                                                    "(--seeds, default the recipe's final seeds); those runs are "
-                                                    "the checkpoint. E.g. --final-split train800val200.")] = None,
-    final_embeddings: Annotated[Path | None, typer.Option("--final-embeddings", help="Embeddings of the final "
-                                                          "split instead of --final-split. E.g. --final-embeddings "
-                                                          "trainval.safetensors.")] = None,
-    recipe: Annotated[str | None, typer.Option("--recipe", help="A paper's protocol as defaults: vipamin | vpt | "
-                                               "spt | vapt (see `vipamin recipes`); explicit options override it. "
-                                               "E.g. --recipe vapt.")] = None,
-    prompts: Annotated[Path | None, typer.Option("--prompts", help="Initial prompts from `vipamin init`.")] = None,
-    init_method: Annotated[str | None, typer.Option("--init", help="Init computed now if --prompts is not given: "
-                                                    "vipamin | spt | random (default: the recipe's, vipamin).")]
-    = None,
-    init_seed: Annotated[str | None, typer.Option("--init-seed", help="Seed of the init's random draws, or a comma "
-                                                  "list to sweep (default 0). E.g. --init-seed 0,1.")] = None,
-    k: Annotated[str | None, typer.Option("--k", help="VIPAMIN init: K, or a comma list swept with the lr grid "
-                                          "(default 8). E.g. --k 2,8,32,128.")] = None,
-    lam: Annotated[str | None, typer.Option("--lambda", help="VIPAMIN init: lambda, or a comma list (default 0.5). "
-                                            "E.g. --lambda 0,0.5.")] = None,
-    sample: Annotated[str | None, typer.Option("--sample", help="SPT init: random | mean | max | kmeans, or a comma "
-                                               "list (default kmeans). E.g. --sample random,kmeans.")] = None,
-    spt_windows: SptWindowsOpt = "ours",
-    prompt_length: Annotated[int | None, typer.Option("--prompt-length", "-p", help="Prompts (per block); default "
-                                                      "100 vpt-shallow, 20 vpt-deep, 10 vapt.")] = None,
-    arch: Annotated[str | None, typer.Option("--arch", help="vpt-shallow | vpt-deep | vapt (default: the recipe's, "
-                                             "vpt-shallow).")] = None,
-    pool: Annotated[str | None, typer.Option("--pool", help="Head input: cls | mean-patch | mean-all (mean of "
-                                             "prompts + patches, fresh affine-free LayerNorm: VPT's MAE head) | "
-                                             "mean-all-norm (the same mean, then the pretrained final norm: SPT's "
-                                             "MAE head) | timm (timm's own pooling: token, avg + fc_norm or map "
-                                             "attention pooling, prompts excluded) | timm-all (prompts included). "
-                                             "Default: the backbone's recipe.")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs (default 100).")] = None,
-    warmup_epochs: Annotated[int | None, typer.Option("--warmup-epochs", help="Linear warm-up epochs (default 10)."
-                                                      )] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size (default 32; also scales the "
-                                                   "lr with --lr-scaling batch256).")] = None,
-    lr: Annotated[str | None, typer.Option("--lr", help="Base lr, or a comma list to sweep (default 0.1; a recipe: "
-                                           "its grid).")] = None,
-    weight_decay: Annotated[str | None, typer.Option("--weight-decay", help="Weight decay, or a comma list "
-                                                     "(default 0.01).")] = None,
-    optimizer: Annotated[str | None, typer.Option("--optimizer", help="adamw (VIPAMIN, SPT) | sgd (VPT, VAPT).")]
-    = None,
-    lr_scaling: Annotated[str | None, typer.Option("--lr-scaling", help="batch256 (lr x batch/256) | none (SPT). "
-                                                   "E.g. --lr-scaling none.")] = None,
-    schedule_step: Annotated[str | None, typer.Option("--schedule-step", help="Step the warm-up + cosine per epoch "
-                                                      "(VPT) or per iteration (SPT). E.g. --schedule-step "
-                                                      "iteration.")] = None,
-    lr_floor: Annotated[float | None, typer.Option("--lr-floor", help="The lr the cosine ends at (SPT 1e-8). "
-                                                   "E.g. --lr-floor 1e-8.")] = None,
-    decay_groups: Annotated[str | None, typer.Option("--decay-groups", help="matrices (prompts + weight matrices) | "
-                                                     "all-but-head-bias (VAPT). E.g. --decay-groups "
-                                                     "all-but-head-bias.")] = None,
-    head_weight_decay: Annotated[float | None, typer.Option("--head-weight-decay", help="Separate weight decay of "
-                                                            "the head weight (SPT: 0.5 MAE, 3.0 others). E.g. "
-                                                            "--head-weight-decay 0.5.")] = None,
-    ema: Annotated[float | None, typer.Option("--ema", help="Decay of a weight EMA used for validation and the "
-                                              "checkpoint (SPT 0.9999; 0 = none). E.g. --ema 0.9999.")] = None,
-    drop_last: Annotated[bool | None, typer.Option("--drop-last/--no-drop-last", help="Drop each epoch's last "
-                                                   "partial batch (SPT). E.g. --drop-last.")] = None,
-    tie_break: Annotated[str | None, typer.Option("--tie-break", help="Selection ties: smaller-lr | larger-lr "
-                                                  "(VAPT). E.g. --tie-break larger-lr.")] = None,
-    prompt_dropout: Annotated[float | None, typer.Option("--prompt-dropout", help="Dropout on prompts (default 0)."
-                                                         )] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Training seed (head init, order, dropout; default "
-                                             "42).")] = None,
-    seeds: Annotated[str | None, typer.Option("--seeds", help="Comma list of training seeds (overrides --seed); "
-                                              "with --final-split, the final runs' seeds. E.g. --seeds 42,44,82.")]
-    = None,
-    vapt_hidden: Annotated[int, typer.Option("--vapt-hidden", help="VAPT projector hidden size.")] = 8,
-    vapt_kernel: Annotated[int, typer.Option("--vapt-kernel", help="VAPT conv kernel size.")] = 2,
-    vapt_first_block: Annotated[int, typer.Option("--vapt-first-block", help="VAPT: first block whose prompts "
-                                                  "are generated (earlier blocks keep the incoming ones).")] = 1,
-    vapt_per_channel: Annotated[bool, typer.Option("--vapt-per-channel", help="VAPT: one kernel per channel "
-                                                   "instead of one shared kernel.")] = False,
-    vapt_dropout: Annotated[float, typer.Option("--vapt-dropout", help="VAPT: dropout in the projector's hidden "
-                                                "layer (and Dropout2d after the conv unless --vapt-conv-dropout "
-                                                "is given), e.g. --vapt-dropout 0.1.")] = 0.1,
-    vapt_conv_dropout: Annotated[float | None, typer.Option("--vapt-conv-dropout", help="VAPT: Dropout2d rate "
-                                                            "after the conv (default: --vapt-dropout), e.g. "
-                                                            "--vapt-conv-dropout 0.1.")] = None,
-    vapt_scale: Annotated[bool, typer.Option("--vapt-scale", help="VAPT: a learnable scale on the projector's "
-                                             "residual branch (1 parameter), e.g. --vapt-scale.")] = False,
-    head_init: Annotated[str | None, typer.Option("--head-init", help="kaiming (normal, fan_out) | zeros | "
-                                                  "trunc-normal (std 0.02, SPT); bias 0.")] = None,
-    resize: ResizeOpt = "auto",
-    dtype: DtypeOpt = "bfloat16",
-    calib_size: CalibSizeOpt = 256,
-    sample_images: SampleImagesOpt = 32,
-    augment: AugmentOpt = None,
-    views: ViewsOpt = None,
-    deep_stats: DeepStatsOpt = "prompt-free",
-    workers: WorkersOpt = None,
-    embed_batch_size: EmbedBatchOpt = 64,
-    val_every: Annotated[int, typer.Option("--val-every", help="Validate every N epochs.")] = 1,
-    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU) | "
-                                           "bf16 | fp32.")] = "auto",
-    compile_: Annotated[str, typer.Option("--compile", help="torch.compile the frozen blocks: auto (on for "
-                                          "CUDA) | on | off.")] = "auto",
-    grid_batch: Annotated[int | None, typer.Option("--grid-batch", help="Train at most N configurations of a "
-                                                   "sweep together in one pass over the backbone (default: all; "
-                                                   "1 = one after another). Bounds memory.")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint file.")] = Path("checkpoint.safetensors"),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same command (sweep "
-                                         "or final stage).")] = False,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
-    cache_dir: CacheOpt = None,
+    out: OutCheckpointOpt = Path("checkpoint.safetensors"),
+    recipe: RecipeOpt = None,
+    resume: ResumeOpt = False,
+    source: DataSource = DataSource(),
+    embedding: Embedding = Embedding(),
+    prompts: PromptsOpt = None,
+    init_method: InitMethodOpt = None,
+    grid: InitGrid = InitGrid(),
+    tuning: InitTuning = InitTuning(),
+    prompt_length: PromptLengthOpt = None,
+    architecture: Architecture = Architecture(),
+    schedule: Schedule = Schedule(),
+    optimiser: Optimiser = Optimiser(),
+    selection: Selection = Selection(),
+    vapt: Vapt = Vapt(),
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    compile_: CompileOpt = "auto",
+    grid_batch: GridBatchOpt = None,
 ) -> None:
     """Train prompts (and VAPT's generator) plus a linear head on the frozen backbone's cached tokens.
 
-    Lists in --lr / --weight-decay / --k / --lambda / --sample make a sweep selected on --val
+    Lists in --lr / --weight-decay / --k / --lambda / --orth / --sample make a sweep selected on --val
     (last-epoch top-1); --seeds trains each configuration per seed; --final-split then retrains the
     selected one on train+val. --recipe sets a paper's defaults. Prints the checkpoint path on stdout.
     """
+    from dataclasses import asdict
+
     from .errors import InputError
     from .inits import InitConfig
     from .recipes import default_augment
     from .recipes import plan as make_plan
     from .tune import TuneInputs, tune_plan
 
-    if final_split is not None and data is None:
+    if selection.final_split is not None and source.data is None:
         raise InputError("--final-split needs --data (and --backbone)", "pass --data, or --final-embeddings FILE")
-    has_final = final_split is not None or final_embeddings is not None
-    seed_list = _numbers(seeds, "--seeds", int) if seeds is not None else None
-    sweep_seeds = ([seed] if seed is not None else None) if has_final else (seed_list or
-                                                                            ([seed] if seed is not None else None))
-    init_grid = _init_grid({"k": (k, "--k", int), "lam": (lam, "--lambda", float), "sample": (sample, "--sample", str),
-                            "seed": (init_seed, "--init-seed", int)})
-    tune_plan_ = make_plan(
-        recipe, lrs=_numbers(lr, "--lr") if lr is not None else None,
-        weight_decays=_numbers(weight_decay, "--weight-decay") if weight_decay is not None else None,
-        seeds=sweep_seeds, final_seeds=seed_list if has_final else None, init_method=init_method,
-        init_grid=init_grid, prompt_length=prompt_length, arch=arch, pool=pool, epochs=epochs,
-        warmup_epochs=warmup_epochs, batch_size=batch_size, optimizer=optimizer, prompt_dropout=prompt_dropout,
-        vapt_hidden=vapt_hidden, vapt_kernel=vapt_kernel, vapt_first_block=vapt_first_block,
-        vapt_per_channel=vapt_per_channel, vapt_dropout=vapt_dropout, vapt_conv_dropout=vapt_conv_dropout,
-        vapt_scale=vapt_scale or None, head_init=head_init, val_every=val_every,
-        lr_scaling=lr_scaling, schedule_step=schedule_step, lr_floor=lr_floor, decay_groups=decay_groups,
-        head_weight_decay=head_weight_decay, ema=ema, drop_last=drop_last, tie_break=tie_break)
-    inputs = TuneInputs(embeddings=embeddings, backbone=backbone, data=data, weights=weights, split=split,
-                        shots=shots, val=val, val_embeddings=val_embeddings, prompts=prompts,
-                        init=InitConfig(method=tune_plan_.init_method, spt_windows=spt_windows, device=device),
-                        embed_config=_embed_config(data_seed, resize, dtype, calib_size, sample_images,
-                                                   default_augment(recipe, augment), views, workers,
-                                                   embed_batch_size, device, deep_stats),
-                        cache_dir=cache_dir, final_split=final_split, final_embeddings=final_embeddings)
-    outcome = tune_plan(inputs, tune_plan_, out, device=device, resume=resume, grid_batch=grid_batch,
+    given = _given_lists({"seeds": (selection.seeds, "--seeds", int), "lrs": (schedule.lr, "--lr", float),
+                          "weight_decays": (schedule.weight_decay, "--weight-decay", float)})
+    init_grid = _init_grid(_vipamin_lists(grid) | {"sample": (grid.sample, "--sample", str),
+                                                    "seed": (grid.init_seed, "--init-seed", int)})
+    seeds, seed = given.get("seeds"), [selection.seed] if selection.seed is not None else None
+    plan = make_plan(recipe, lrs=given.get("lrs"), weight_decays=given.get("weight_decays"),
+                     seeds=seed if selection.has_final else (seeds or seed),
+                     final_seeds=seeds if selection.has_final else None, init_method=init_method, init_grid=init_grid,
+                     prompt_length=prompt_length, **asdict(architecture), epochs=schedule.epochs,
+                     warmup_epochs=schedule.warmup_epochs, batch_size=schedule.batch_size, **asdict(optimiser),
+                     **vapt.config(), tie_break=selection.tie_break, val_every=selection.val_every)
+    inputs = TuneInputs(embeddings=source.embeddings, backbone=source.backbone, data=source.data,
+                        weights=source.weights, split=source.split, shots=source.shots, val=selection.val,
+                        val_embeddings=selection.val_embeddings, prompts=prompts,
+                        init=InitConfig(method=plan.init_method, **asdict(tuning), device=device),
+                        embed_config=embedding.config(source.data_seed, device,
+                                                      default_augment(recipe, embedding.augment)),
+                        cache_dir=source.cache_dir, final_split=selection.final_split,
+                        final_embeddings=selection.final_embeddings)
+    outcome = tune_plan(inputs, plan, out, device=device, resume=resume, grid_batch=grid_batch,
                         precision=precision, compile_mode=compile_)
     typer.echo(str(outcome.checkpoint))
 
@@ -561,6 +421,7 @@ def recipes(
 @app.command(epilog="Example: vipamin benchmark --suite testbed --root ./testbed --backbone mae-vit-tiny-mnist "
              "--methods random,vipamin,linear --preset quick --out bench-testbed")
 @handle_errors
+@with_option_groups
 def benchmark(
     suite: Annotated[str, typer.Option("--suite", help="testbed | vtab-1k | fgvc-fewshot. E.g. --suite vtab-1k.")],
     root: Annotated[Path, typer.Option("--root", help="Folder holding the suite's task folders (VTAB-1k: NOAH's "
@@ -584,35 +445,16 @@ def benchmark(
                                                "schedule). --epochs, --warmup-epochs, --batch-size, --lr, "
                                                "--weight-decay, --seeds and -p override it; --preset with it is "
                                                "refused. E.g. --recipe own.")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Override the preset's (or recipe's) epochs. E.g. "
-                                               "--epochs 10.")] = None,
-    warmup_epochs: Annotated[int | None, typer.Option("--warmup-epochs", help="Override the warm-up epochs. E.g. "
-                                                      "--warmup-epochs 1.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Override the batch size. E.g. "
-                                                   "--batch-size 64.")] = None,
-    lr: Annotated[str | None, typer.Option("--lr", help="Comma list: override the lr grid. E.g. --lr 0.5,1.")] = None,
-    weight_decay: Annotated[str | None, typer.Option("--weight-decay", help="Comma list: override the weight-decay "
-                                                     "grid. E.g. --weight-decay 0.01.")] = None,
-    seeds: Annotated[str | None, typer.Option("--seeds", help="Comma list: the final runs' seeds. E.g. --seeds "
-                                              "42,44,82.")] = None,
-    prompt_length: Annotated[int | None, typer.Option("--prompt-length", "-p", help="Override the prompt length. "
-                                                      "E.g. -p 10.")] = None,
-    calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images per task (VIPAMIN, SPT). "
-                                            "E.g. --calib-size 256.")] = 256,
-    k: Annotated[str | None, typer.Option("--k", help="Comma list: VIPAMIN's K values, swept as init candidates "
-                                          "(replaces a recipe's grid). E.g. --k 2,8,32.")] = None,
-    lam: Annotated[str | None, typer.Option("--lambda", help="Comma list: VIPAMIN's lambda values, swept with "
-                                            "--k. E.g. --lambda 0,0.5.")] = None,
-    orth: Annotated[str | None, typer.Option("--orth", help="Comma list of VIPAMIN orthogonal modes swept as "
-                                             "candidates: exact | exact-ln | reference. E.g. --orth "
-                                             "exact,reference.")] = None,
-    orth_scale: Annotated[str | None, typer.Option("--orth-scale", help="Comma list: none | match, swept with "
-                                                   "--orth. E.g. --orth-scale none,match.")] = None,
-    grid_batch: Annotated[int | None, typer.Option("--grid-batch", help="Configurations trained together (memory "
-                                                   "bound). E.g. --grid-batch 4.")] = None,
-    plot_png: Annotated[bool, typer.Option("--plot/--no-plot", help="Write results.png (needs matplotlib).")] = True,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     cache_dir: CacheOpt = None,
+    calib_size: CalibSizeOpt = 256,
+    grid: VipaminGrid = VipaminGrid(),
+    prompt_length: PromptLengthOpt = None,
+    schedule: Schedule = Schedule(),
+    seeds: SeedsOpt = None,
+    device: DeviceOpt = "auto",
+    grid_batch: GridBatchOpt = None,
+    plot_png: Annotated[bool, Flag("--plot/--no-plot", panel=RUNTIME, help="Write results.png (needs "
+                                   "matplotlib).")] = True,
 ) -> None:
     """Run a benchmark suite: per task embed once; per method sweep on train800/val200, final runs on
     train800val200 with each seed, test top-1 mean ± std; prints the papers' table (also table.md)."""
@@ -620,16 +462,13 @@ def benchmark(
     from .benchmark.report import markdown_table
     from .validate import seed as check_seed
 
-    overrides = {"epochs": epochs, "warmup_epochs": warmup_epochs, "batch_size": batch_size,
-                 "prompt_length": prompt_length,
-                 "lrs": _numbers(lr, "--lr") if lr is not None else None,
-                 "weight_decays": _numbers(weight_decay, "--weight-decay") if weight_decay is not None else None,
+    overrides = {"epochs": schedule.epochs, "warmup_epochs": schedule.warmup_epochs,
+                 "batch_size": schedule.batch_size, "prompt_length": prompt_length,
+                 "lrs": _numbers(schedule.lr, "--lr") if schedule.lr is not None else None,
+                 "weight_decays": (_numbers(schedule.weight_decay, "--weight-decay")
+                                   if schedule.weight_decay is not None else None),
                  "seeds": [check_seed(s, "--seeds") for s in _numbers(seeds, "--seeds", int)] if seeds else None}
-    init_grid = {key: values for key, values in (
-        ("k", _numbers(k, "--k", int) if k is not None else None),
-        ("lam", _numbers(lam, "--lambda") if lam is not None else None),
-        ("orth", _strings(orth, "--orth") if orth is not None else None),
-        ("orth_scale", _strings(orth_scale, "--orth-scale") if orth_scale is not None else None)) if values}
+    init_grid = _given_lists(_vipamin_lists(grid))
     spec = BenchmarkSpec(suite=suite, root=root, backbone=backbone, out=out, weights=weights, init_grid=init_grid,
                          methods=tuple(_strings(methods, "--methods")),
                          tasks=_strings(tasks, "--tasks") if tasks is not None else None, preset=preset,

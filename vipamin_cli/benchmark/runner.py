@@ -31,7 +31,7 @@ from .protocol import METHOD_SETUP, METHODS, CellProtocol, cell_recipe, check_re
 from .suites import Suite, Task, resolve_suite
 
 RESULTS_SCHEMA = 1
-INIT_GRID_KEYS = ("k", "lam", "orth", "orth_scale")  # VIPAMIN hyperparameters a benchmark may sweep
+INIT_GRID_KEYS = ("k", "lam", "orth", "orth_scale", "orth_rcond")  # VIPAMIN hyperparameters a benchmark may sweep
 
 
 @dataclass(frozen=True)
@@ -448,7 +448,7 @@ def _embed_task(task: Task, spec: BenchmarkSpec) -> tuple[dict[str, Path], dict[
 def _check_init_grid(grid: dict[str, list[Any]]) -> None:
     """The VIPAMIN init grid's keys and values, before any cell runs (K against the patch count is
     checked by the init itself, once the backbone is embedded)."""
-    from ..inits.vipamin import check_choices
+    from ..inits.vipamin import check_choices, resolve_rcond
 
     for key, values in grid.items():
         if key not in INIT_GRID_KEYS:
@@ -456,7 +456,9 @@ def _check_init_grid(grid: dict[str, list[Any]]) -> None:
         for value in values:
             if key == "k" and not (isinstance(value, int) and value >= 1):
                 raise InputError(f"--k {value} is not a positive integer", "pass e.g. --k 2,8,32")
-            if key != "k":
+            if key == "orth_rcond":
+                resolve_rcond(value, 1)  # its form (none, reference, a number in (0, 1)); the width comes later
+            elif key != "k":
                 check_choices(**{key: value})
 
 
