@@ -382,8 +382,9 @@ def tune(
     spt_windows: SptWindowsOpt = "ours",
     prompt_length: Annotated[int | None, typer.Option("--prompt-length", "-p", help="Prompts (per block); default "
                                                       "100 vpt-shallow, 20 vpt-deep, 10 vapt.")] = None,
-    arch: Annotated[str | None, typer.Option("--arch", help="vpt-shallow | vpt-deep | vapt (default: the recipe's, "
-                                             "vpt-shallow).")] = None,
+    arch: Annotated[str | None, typer.Option("--arch", help="vpt-shallow | vpt-deep | vapt | full (full fine-tuning: "
+                                             "every weight after block 0, no prompts; one configuration at a "
+                                             "time) (default: the recipe's, vpt-shallow).")] = None,
     pool: Annotated[str | None, typer.Option("--pool", help="Head input: cls | mean-patch | mean-all (mean of "
                                              "prompts + patches, fresh affine-free LayerNorm: VPT's MAE head) | "
                                              "mean-all-norm (the same mean, then the pretrained final norm: SPT's "
@@ -466,7 +467,8 @@ def tune(
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     cache_dir: CacheOpt = None,
 ) -> None:
-    """Train prompts (and VAPT's generator) plus a linear head on the frozen backbone's cached tokens.
+    """Train prompts (and VAPT's generator) plus a linear head on the frozen backbone's cached tokens
+    (--arch full: fine-tune every backbone weight after block 0 instead, no prompts).
 
     Lists in --lr / --weight-decay / --k / --lambda / --sample make a sweep selected on --val
     (last-epoch top-1); --seeds trains each configuration per seed; --final-split then retrains the

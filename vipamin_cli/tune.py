@@ -23,6 +23,9 @@ import torch
 
 from .artifacts import Artifact, atomic_path, check_same_backbone, load_artifact, read_metadata, save_artifact
 from .errors import ArtifactError, InputError, Interrupted
+from .full import check_memory as full_check_memory
+from .full import check_request as full_check_request
+from .full import no_prompts as full_no_prompts
 from .train import (
     DEFAULT_PROMPTS,
     RunState,
@@ -130,6 +133,8 @@ def _initial_prompts(inputs: TuneInputs, train: Artifact, arch: str, out: Path, 
     """Prompts from --prompts, or computed now from ``init`` and saved beside the checkpoint."""
     from .inits import init_prompts
 
+    if arch == "full":  # full fine-tuning trains no prompts (full.py)
+        return full_no_prompts(int(train["tokens"].shape[-1]))
     if inputs.prompts is not None:
         art = load_artifact(inputs.prompts, "prompts", what="--prompts")
         check_same_backbone(train.meta, art.meta, "the training embeddings", f"--prompts {inputs.prompts}")
@@ -168,6 +173,9 @@ def _check_geometry(base: TuneConfig, vit: torch.nn.Module, grid: tuple[int, int
     from . import validate as v
 
     depth = len(vit.blocks)
+    if base.arch == "full":  # weights, gradients, optimiser state and activations of every block
+        return full_check_memory(vit, base.pool or train.meta["backbone"]["pool"], int(train["tokens"].shape[1]),
+                                 base, dev)
     if base.arch == "vapt":
         v.vapt_geometry(base.vapt_kernel, base.vapt_first_block, depth, grid)
     length = (max(init.prompt_length or 0 for init in init_configs(inputs)) if inputs.prompts is None else 0)
@@ -380,6 +388,7 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
         raise InputError("--prompts and an init grid exclude each other", "drop --prompts or pass one init value")
     if final_seeds is not None and not final_seeds:
         raise InputError("--seeds for the final runs is empty", "pass e.g. --seeds 42,44,82")
+    full_check_request(base.arch, inputs.prompts)
     out, dev, precision_used, compile_blocks, _ = check_tune_request(
         inputs, base, lrs, weight_decays, seeds, out, device, grid_batch, precision, compile_mode, final_seeds)
     from . import distributed
@@ -538,6 +547,7 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
 
     configs = [pt.config for pt in points]
     grid_batch = max(1, min(grid_batch or len(configs), len(configs)))
+    grid_batch = 1 if base.arch == "full" else grid_batch  # each full fine-tune owns its backbone copy
     final_seed_list = list(final_seeds) if final_seeds is not None else list(seeds)
     signature = _plain({"configs": [config_dict(c) for c in configs], "init_index": [pt.init_index for pt in points],
                         "train": train.meta["digest"], "val": val.meta["digest"] if val is not None else None,
@@ -585,7 +595,7 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
                                "final": final.meta.get("augment") if final is not None else None},
                    "prompt_side_parameters": prompt_side_parameters(base, int(identity["width"]),
                                                                     int(identity["depth"]), grid,
-                                                                    int(prompts[0].shape[-2])),
+                                                                    int(prompts[0].shape[-2]), backbone.model, pool),
                    "runtime": {"precision": precision, "compile": compile_blocks, "device": dev.type},
                    "recipe": {"name": recipe.recipe, "values": recipe.resolved} if recipe is not None else None}
     run_kw = {"backbone": backbone, "num_classes": num_classes, "pool": pool, "grid": grid, "dev": dev,
@@ -714,7 +724,7 @@ def tune_plan(inputs: TuneInputs, plan: Any, out: str | os.PathLike, **kwargs: A
     if inputs.init_grid is None and inputs.prompts is None:
         template = inputs.init or InitConfig(method=plan.init_method)
         template = replace(template, method=plan.init_method, prompt_length=template.prompt_length
-                           or plan.prompt_length)
+                           or plan.prompt_length or None)  # None: --arch full (no prompts)
         inputs = replace(inputs, init_grid=[replace(template, **g) for g in plan.init_grid])
     return tune(inputs, plan.base, plan.lrs, plan.weight_decays, plan.seeds, out,
                 final_seeds=plan.final_seeds if inputs.has_final else None, recipe=plan, **kwargs)
@@ -753,7 +763,7 @@ def load_runs(checkpoint: Artifact, vit: torch.nn.Module) -> list[Any]:
         state = {k[len(prefix):]: v for k, v in checkpoint.tensors.items() if k.startswith(prefix)}
         cfg_fields = {k: v for k, v in run["config"].items() if k in TuneConfig.__dataclass_fields__}
         cfg = TuneConfig(**cfg_fields)
-        model = build_model(vit, state["prompts"], meta["num_classes"], cfg, meta["pool"], tuple(meta["grid"]))
+        model = build_model(vit, state.get("prompts"), meta["num_classes"], cfg, meta["pool"], tuple(meta["grid"]))
         model.load_state_dict(state, strict=False)
         models.append(model)
     return models
