@@ -67,7 +67,8 @@ def test_benchmark_bad_input(tiny_testbed, tmp_path, cli) -> None:
                         (["--tasks", "mnist,absent"], "unknown task(s) absent"),
                         (["--methods", "random,magic"], "unknown --methods magic"),
                         (["--preset", "slow"], "unknown --preset 'slow'"),
-                        (["--recipe", "nope"], "unknown --recipe 'nope'; use one of vipamin, vpt, spt, vapt, own"),
+                        (["--recipe", "nope"],
+                         "unknown --recipe 'nope'; use one of vipamin, vpt, spt, vapt, vpt-full, own"),
                         (["--recipe", "vpt"], "--preset quick and --recipe vpt cannot be combined")):
         code, _, stderr = cli(*_args(tiny_testbed, tmp_path / "o", *extra))
         assert code == 2 and stderr.count("\n") == 1 and text in stderr, (extra, stderr)

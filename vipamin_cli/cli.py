@@ -365,7 +365,8 @@ def tune(
                                                           "split instead of --final-split. E.g. --final-embeddings "
                                                           "trainval.safetensors.")] = None,
     recipe: Annotated[str | None, typer.Option("--recipe", help="A paper's protocol as defaults: vipamin | vpt | "
-                                               "spt | vapt (see `vipamin recipes`); explicit options override it. "
+                                               "spt | vapt | vpt-full (VPT's full fine-tuning, --arch full; see "
+                                               "`vipamin recipes`); explicit options override it. "
                                                "E.g. --recipe vapt.")] = None,
     prompts: Annotated[Path | None, typer.Option("--prompts", help="Initial prompts from `vipamin init`.")] = None,
     init_method: Annotated[str | None, typer.Option("--init", help="Init computed now if --prompts is not given: "
@@ -518,7 +519,7 @@ def recipes(
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
-    """List the named training recipes (vipamin, vpt, spt, vapt): every value and where it comes from."""
+    """List the named training recipes (vipamin, vpt, spt, vapt, vpt-full): every value and where it comes from."""
     from .recipes import get_recipe, list_recipes
 
     rows = [get_recipe(name).as_dict()] if name else list_recipes()
@@ -551,8 +552,10 @@ def benchmark(
     out: Annotated[Path, typer.Option("--out", help="Output folder: results.json, table.md, results.png, cells/. "
                                       "Finished cells found there are skipped. E.g. --out bench-out.")],
     weights: WeightsOpt = None,
-    methods: Annotated[str, typer.Option("--methods", help="Comma list of random | spt | vipamin | vapt | linear. "
-                                         "E.g. --methods random,vipamin,linear.")] = "random,spt,vipamin,vapt,linear",
+    methods: Annotated[str, typer.Option("--methods", help="Comma list of random | spt | vipamin | vapt | linear | "
+                                         "full (full fine-tuning: every weight after block 0, its own lr grid "
+                                         "--full-lr). E.g. --methods random,vipamin,linear,full.")]
+    = "random,spt,vipamin,vapt,linear",
     tasks: Annotated[str | None, typer.Option("--tasks", help="Comma list of task names (default: all). E.g. "
                                               "--tasks dtd,eurosat.")] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="paper (the VIPAMIN code's protocol: 100 epochs, 7 "
@@ -560,10 +563,11 @@ def benchmark(
                                                "2 lrs) | demo (3 epochs, 1 lr). Default paper; not with --recipe. "
                                                "E.g. --preset quick.")] = None,
     recipe: Annotated[str | None, typer.Option("--recipe", help="Train every cell with named recipes instead of a "
-                                               "preset: vipamin | vpt | spt | vapt (that paper's protocol in every "
-                                               "cell, see `vipamin recipes`) | own (each method its paper's: random "
-                                               "vpt, spt spt, vipamin vipamin, vapt vapt; linear vipamin's "
-                                               "schedule). --epochs, --warmup-epochs, --batch-size, --lr, "
+                                               "preset: vipamin | vpt | spt | vapt | vpt-full (that paper's protocol "
+                                               "in every cell, see `vipamin recipes`) | own (each method its "
+                                               "paper's: random vpt, spt spt, vipamin vipamin, vapt vapt; linear "
+                                               "vipamin's schedule). The full cell always trains with vpt-full. "
+                                               "--epochs, --warmup-epochs, --batch-size, --lr, "
                                                "--weight-decay, --seeds and -p override it; --preset with it is "
                                                "refused. E.g. --recipe own.")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Override the preset's (or recipe's) epochs. E.g. "
@@ -572,7 +576,12 @@ def benchmark(
                                                       "--warmup-epochs 1.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Override the batch size. E.g. "
                                                    "--batch-size 64.")] = None,
-    lr: Annotated[str | None, typer.Option("--lr", help="Comma list: override the lr grid. E.g. --lr 0.5,1.")] = None,
+    lr: Annotated[str | None, typer.Option("--lr", help="Comma list: override the lr grid (not the full cell's). "
+                                           "E.g. --lr 0.5,1.")] = None,
+    full_lr: Annotated[str | None, typer.Option("--full-lr", help="Comma list: override the full cell's lr grid "
+                                                "(base lrs, x batch/256; default VPT's 0.005, 0.001, 0.0005, 0.0001, "
+                                                "shorter in the testbed presets). E.g. --full-lr 0.001,0.005.")]
+    = None,
     weight_decay: Annotated[str | None, typer.Option("--weight-decay", help="Comma list: override the weight-decay "
                                                      "grid. E.g. --weight-decay 0.01.")] = None,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Comma list: the final runs' seeds. E.g. --seeds "
@@ -605,6 +614,7 @@ def benchmark(
     overrides = {"epochs": epochs, "warmup_epochs": warmup_epochs, "batch_size": batch_size,
                  "prompt_length": prompt_length,
                  "lrs": _numbers(lr, "--lr") if lr is not None else None,
+                 "full_lrs": _numbers(full_lr, "--full-lr") if full_lr is not None else None,
                  "weight_decays": _numbers(weight_decay, "--weight-decay") if weight_decay is not None else None,
                  "seeds": [check_seed(s, "--seeds") for s in _numbers(seeds, "--seeds", int)] if seeds else None}
     init_grid = {key: values for key, values in (

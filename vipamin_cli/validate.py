@@ -26,8 +26,8 @@ SEED_MAX = 2**63 - 1  # every RNG we seed (torch, numpy) takes a non-negative 63
 LIST_OPTIONS: dict[str, dict[str, type]] = {
     "tune": {"--lr": float, "--weight-decay": float, "--seeds": int, "--k": int, "--lambda": float,
              "--sample": str, "--init-seed": int},
-    "benchmark": {"--methods": str, "--tasks": str, "--lr": float, "--weight-decay": float, "--seeds": int,
-                  "--k": int, "--lambda": float, "--orth": str, "--orth-scale": str},
+    "benchmark": {"--methods": str, "--tasks": str, "--lr": float, "--full-lr": float, "--weight-decay": float,
+                  "--seeds": int, "--k": int, "--lambda": float, "--orth": str, "--orth-scale": str},
 }
 
 
