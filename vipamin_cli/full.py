@@ -93,18 +93,16 @@ OPTIMIZER_STATE_BYTES = {"sgd": 4, "adamw": 8}  # SGD: momentum; AdamW: two mome
 
 def full_memory(vit: nn.Module, pool: str, tokens: int, batch: int, optimizer: str) -> float:
     """Bytes one full fine-tuning configuration needs: its own copy of the backbone, the gradient and
-    optimiser state of every trained weight, and the activations the backward pass keeps (fp32; the
-    per-block constant is the measured one, see docs/performance.md)."""
+    optimiser state of every trained weight, and the activations the backward pass keeps in fp32:
+    per block and image about 9 (tokens x width) and 2 (tokens x MLP width) tensors, 7-8 % above what
+    ``bench/full_memory.py`` measures for ViT-B/16 and the testbed backbone (docs/performance.md)."""
     weights = sum(p.numel() for p in vit.parameters()) * 4.0
     trained = trainable_backbone_parameters(vit, pool)
     dim, depth = int(vit.embed_dim), len(vit.blocks)
-    heads = int(vit.blocks[0].attn.num_heads)
-    hidden = int(getattr(getattr(vit.blocks[0], "mlp", None), "fc1", nn.Linear(dim, 4 * dim)).out_features)
-    per_block = 4.0 * batch * (ACTIVATION_TOKEN_FACTOR * tokens * dim + 3 * tokens * hidden + heads * tokens * tokens)
-    return weights + trained * (4.0 + OPTIMIZER_STATE_BYTES.get(optimizer, 8)) + depth * per_block
-
-
-ACTIVATION_TOKEN_FACTOR = 10  # (token x width) tensors one block keeps for backward when its weights train
+    fc1 = getattr(getattr(vit.blocks[0], "mlp", None), "fc1", None)
+    hidden = int(fc1.out_features) if isinstance(fc1, nn.Linear) else 4 * dim
+    activations = 4.0 * batch * depth * (9 * tokens * dim + 2 * tokens * hidden)
+    return weights + trained * (4.0 + OPTIMIZER_STATE_BYTES.get(optimizer, 8)) + activations
 
 
 def check_memory(vit: nn.Module, pool: str, tokens: int, config: Any, device: torch.device) -> None:
