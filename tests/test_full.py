@@ -110,7 +110,7 @@ def test_full_checkpoint_round_trip_and_eval_equal_the_in_memory_model(emb, tmp_
 
 
 def test_full_resume_equals_uninterrupted_and_sweep_points_start_from_the_pretrained_weights(emb, tmp_path) -> None:
-    _full_tune(emb, tmp_path / "whole.safetensors", lrs=(0.001, 0.005), epochs=3, grid_batch=2)
+    _full_tune(emb, tmp_path / "whole.safetensors", lrs=(0.001, 0.005), epochs=2, grid_batch=2)
 
     def stop(run_index, state):
         if run_index == 1 and state.epoch == 1:
@@ -118,13 +118,13 @@ def test_full_resume_equals_uninterrupted_and_sweep_points_start_from_the_pretra
 
     out = tmp_path / "cut.safetensors"
     with pytest.raises(Interrupted, match="--resume"):
-        _full_tune(emb, out, lrs=(0.001, 0.005), epochs=3, grid_batch=2, on_epoch=stop)
+        _full_tune(emb, out, lrs=(0.001, 0.005), epochs=2, grid_batch=2, on_epoch=stop)
     partial = load_artifact(tmp_path / "cut.partial.safetensors")
     assert partial.meta["signature"]["grid_batch"] == 1  # full fine-tuning: one configuration at a time
     assert partial.meta["current"]["indices"] == [1] and len(partial.meta["done"]) == 1
     assert any(k.startswith("cur0.optim.") for k in partial.tensors)
     assert any(k.startswith("cur0.vit.blocks.") for k in partial.tensors)
-    _full_tune(emb, out, lrs=(0.001, 0.005), epochs=3, grid_batch=2, resume=True)
+    _full_tune(emb, out, lrs=(0.001, 0.005), epochs=2, grid_batch=2, resume=True)
     a, b = load_artifact(tmp_path / "whole.safetensors"), load_artifact(out)
     assert a.tensors.keys() == b.tensors.keys()
     for k in a.tensors:
@@ -135,7 +135,7 @@ def test_full_resume_equals_uninterrupted_and_sweep_points_start_from_the_pretra
     assert curves(a) == curves(b)
     # the second sweep point trained after the first and still equals a run of its own: each point starts
     # from the pretrained weights (its own copy), nothing leaks from one fine-tune into the next
-    solo = _full_tune(emb, tmp_path / "solo.safetensors", lrs=(0.005,), epochs=3)
+    solo = _full_tune(emb, tmp_path / "solo.safetensors", lrs=(0.005,), epochs=2)
     second = a.meta["sweep"]["runs"][1]
     assert second["config"]["lr"] == 0.005
     assert [(h["loss"], h["val_top1"]) for h in second["history"]] == [
@@ -166,3 +166,35 @@ def test_vpt_full_recipe_listed_with_its_sources(cli) -> None:
     assert (values["batch_size"]["value"], values["warmup_epochs"]["value"], values["epochs"]["value"]) == (384, 5, 100)
     assert values["final_seeds"]["value"] == [42, 44, 82, 100, 800]
     assert all("docs/methods.md §8" in values[k]["source"] for k in ("arch", "optimizer", "lrs", "batch_size"))
+
+
+def test_full_memory_estimate_against_the_saved_tensors_and_the_refusal(monkeypatch) -> None:
+    """The pre-flight estimate's activation term against autograd's saved tensors, counted directly."""
+    from vipamin_cli import validate
+    from vipamin_cli.errors import InputError
+    from vipamin_cli.full import FullViT, check_memory, full_memory
+
+    vit = load_backbone("vit-tiny-test").model
+    model = FullViT(vit, pool="cls", num_classes=10).train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in params:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    tokens = torch.randn(16, 17, 64)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = torch.nn.functional.cross_entropy(model(tokens), torch.arange(16) % 10)
+    loss.backward()
+    estimate = full_memory(vit, "cls", 17, 16, "adamw")
+    weights = sum(p.numel() for p in vit.parameters()) * 4
+    trained = sum(p.numel() for n, p in vit.named_parameters() if n.startswith(("blocks.", "norm.")))
+    activations = estimate - weights - trained * 12
+    assert 1.0 <= activations / sum(saved.values()) <= 1.2
+    monkeypatch.setattr(validate, "available_memory", lambda device=None: int(estimate) - 1)
+    with pytest.raises(InputError, match="--batch-size 16 needs about .* pass a smaller --batch-size"):
+        check_memory(vit, "cls", 17, TuneConfig(arch="full", batch_size=16), torch.device("cpu"))
+    monkeypatch.setattr(validate, "available_memory", lambda device=None: int(estimate) + 1)
+    check_memory(vit, "cls", 17, TuneConfig(arch="full", batch_size=16), torch.device("cpu"))
