@@ -408,11 +408,11 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
     from .. import validate as v
     from ..embed import EmbedConfig
 
+    for lr in spec.overrides.get("full_lrs") or ():  # checked even when no full cell runs
+        v.number(lr, "--full-lr", minimum=0, min_open=True, example=0.001)
     recipe, cell_protocols = protocols(spec, methods)
     for protocol in cell_protocols.values():
         protocol.validate()
-    for lr in spec.overrides.get("full_lrs") or ():  # checked even when no full cell runs
-        v.number(lr, "--full-lr", minimum=0, min_open=True, example=0.001)
     v.integer(spec.grid_batch, "--grid-batch", minimum=1, example=4, optional=True)
     EmbedConfig(calib_size=spec.calib_size, device=spec.device).validate()
     if spec.plot:
