@@ -1,7 +1,7 @@
 """Memory of full fine-tuning (`tune --arch full`) against prompt tuning, measured tensor by tensor.
 
 Run: ``python -m bench.full_memory [--backbone mae-vit-tiny-mnist] [--weights W] [--batch 32]
-[--prompts 10] [--device auto] [--out full-memory.json]``.
+[--prompts 10] [--device auto] [--epoch-images 800 --threads 1] [--out full-memory.json]``.
 
 For one training step on random block-0 tokens it counts, in bytes: the model's own copy of the
 backbone (full fine-tuning copies it), the gradients, the optimiser state after one step (SGD with
@@ -93,7 +93,22 @@ def measure(model: nn.Module, tokens: torch.Tensor, labels: torch.Tensor) -> dic
     return out
 
 
-def run(backbone: str, weights: str | None, batch: int, prompts: int, device: str) -> dict[str, Any]:
+def epoch_cpu_seconds(model: nn.Module, images: int, batch: int, device: torch.device) -> dict[str, float]:
+    """CPU and wall seconds of one training epoch over ``images`` random block-0 tokens (tune's loop)."""
+    from vipamin_cli.train import TuneConfig, train_group
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(images, model.vit.patch_embed.num_patches + model.vit.num_prefix_tokens, model.dim, generator=g)
+    y = torch.randint(10, (images,), generator=g)
+    arch = "full" if all(p.requires_grad for p in model.vit.blocks.parameters()) else "vpt-shallow"
+    cfg = TuneConfig(arch=arch, epochs=1, warmup_epochs=0, batch_size=batch, lr=1e-4)
+    cpu, wall = time.process_time(), time.perf_counter()
+    train_group([model], (x, y), None, [cfg], device)
+    return {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall, "images": images}
+
+
+def run(backbone: str, weights: str | None, batch: int, prompts: int, device: str,
+        epoch_images: int = 0) -> dict[str, Any]:
     from vipamin_cli.backbones import load_backbone
     from vipamin_cli.embed import resolve_device
     from vipamin_cli.full import FullViT
@@ -112,9 +127,13 @@ def run(backbone: str, weights: str | None, batch: int, prompts: int, device: st
                               "backbone_parameters": sum(p.numel() for p in vit.parameters())}
     full = FullViT(vit, pool=pool, num_classes=10).to(dev)
     result["full"] = measure(full, tokens, labels)
+    if epoch_images:
+        result["full"]["epoch"] = epoch_cpu_seconds(full, epoch_images, batch, dev)
     del full
     prompted = PromptedViT(vit, torch.zeros(prompts, vit.embed_dim), pool=pool, num_classes=10).to(dev)
     result["prompt"] = measure(prompted, tokens, labels) | {"prompts": prompts}
+    if epoch_images:
+        result["prompt"]["epoch"] = epoch_cpu_seconds(prompted, epoch_images, batch, dev)
     result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result["rss_before_models"] = rss_before
     return result
@@ -144,6 +163,10 @@ def render(r: dict[str, Any]) -> str:
              _mib(p["activations_bf16"]["per_image"])),
             ("  of which per step (bf16 copies of the weights)", _mib(f["activations_bf16"]["per_step"]),
              _mib(p["activations_bf16"]["per_step"]))]
+    if "epoch" in f:
+        rows.append((f"one epoch of {f['epoch']['images']} images: CPU seconds (wall)",
+                     f"{f['epoch']['cpu_s']:.2f} ({f['epoch']['wall_s']:.2f})",
+                     f"{p['epoch']['cpu_s']:.2f} ({p['epoch']['wall_s']:.2f})"))
     if "peak_allocated" in f["adamw"]:
         rows.append(("peak allocated, AdamW step (CUDA)", _mib(f["adamw"]["peak_allocated"]),
                      _mib(p["adamw"]["peak_allocated"])))
@@ -159,9 +182,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--prompts", type=int, default=10)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--epoch-images", type=int, default=0, help="also time one epoch over N images (0: no)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1: CPU time close to idle wall time)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    result = run(args.backbone, args.weights, args.batch, args.prompts, args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args.backbone, args.weights, args.batch, args.prompts, args.device, args.epoch_images)
     print(render(result))
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1))
