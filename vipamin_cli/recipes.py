@@ -187,6 +187,8 @@ RECIPES["vpt-full"] = Recipe(
                                        "epoch)"),
                    lr_scaling=Value("batch256", f"{M8}; {VPT_CODE} tune_vtab.py (lr / 256 x batch size)"),
                    prompt_dropout=Value(0.0, M8 + ": no prompts"),
+                   drop_last=Value(False, f"{M8}; {VPT_CODE} src/data/loader.py (drop_last only with several GPUs)"),
+                   ema=Value(0.0, f"{M8}; {VPT_CODE} src/engine/trainer.py (no weight EMA)"),
                    decay_groups=Value("matrices", M8 + ": the code exempts biases by name; it also decays "
                                       "LayerNorm weights, which vipamin does not"),
                    head_init=Value("kaiming", f"{M8}; {VPT_CODE} src/models/mlp.py (kaiming-normal fan_out)"),
