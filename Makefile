@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: venv demo demo-pipeline test lint bench clean testbed-backbone testbed benchmark-testbed
+.PHONY: venv demo demo-pipeline test lint bench clean testbed-backbone testbed benchmark-testbed benchmark-long
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,11 +56,19 @@ testbed: testbed/manifest.json
 testbed/manifest.json: $(STAMP)
 	$(BIN)/vipamin data make-testbed testbed --seed 0
 
-## benchmark-testbed: every method on all 8 testbed tasks with mae-vit-tiny-mnist (testbed preset;
-## see docs/benchmark.md for its time on 2 CPU cores); resumable: a second run skips finished cells
+## benchmark-testbed: every method (full fine-tuning included) on all 8 testbed tasks with
+## mae-vit-tiny-mnist (testbed preset; see docs/benchmark.md for its time on 2 CPU cores);
+## resumable: a second run skips finished cells
 benchmark-testbed: testbed/manifest.json
 	$(BIN)/vipamin benchmark --suite testbed --root testbed --backbone mae-vit-tiny-mnist \
-		--methods random,spt,vipamin,vapt,linear --preset testbed --out benchmark-testbed
+		--methods random,spt,vipamin,vapt,linear,full --preset testbed --out benchmark-testbed
+
+## benchmark-long: the testbed preset with 20 epochs (2 warm-up) on mnist and count for random,
+## vipamin, linear and full: does prompt tuning overtake the linear probe with more epochs?
+benchmark-long: testbed/manifest.json
+	$(BIN)/vipamin benchmark --suite testbed --root testbed --backbone mae-vit-tiny-mnist \
+		--methods random,vipamin,linear,full --tasks mnist,count --preset testbed --epochs 20 \
+		--warmup-epochs 2 --out benchmark-long
 
 clean:
-	rm -rf demo-out demo-pipeline-out bench-results.json .pytest_cache benchmark-testbed
+	rm -rf demo-out demo-pipeline-out bench-results.json .pytest_cache benchmark-testbed benchmark-long

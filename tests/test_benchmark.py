@@ -67,7 +67,8 @@ def test_benchmark_bad_input(tiny_testbed, tmp_path, cli) -> None:
                         (["--tasks", "mnist,absent"], "unknown task(s) absent"),
                         (["--methods", "random,magic"], "unknown --methods magic"),
                         (["--preset", "slow"], "unknown --preset 'slow'"),
-                        (["--recipe", "nope"], "unknown --recipe 'nope'; use one of vipamin, vpt, spt, vapt, own"),
+                        (["--recipe", "nope"],
+                         "unknown --recipe 'nope'; use one of vipamin, vpt, spt, vapt, vpt-full, own"),
                         (["--recipe", "vpt"], "--preset quick and --recipe vpt cannot be combined")):
         code, _, stderr = cli(*_args(tiny_testbed, tmp_path / "o", *extra))
         assert code == 2 and stderr.count("\n") == 1 and text in stderr, (extra, stderr)
@@ -216,3 +217,44 @@ def test_benchmark_sweeps_the_vipamin_init_grid_from_the_command_line(tiny_testb
         code, _, stderr = cli(*args[:-1], str(tmp_path / "bad"), *extra)
         assert code == 2 and stderr.count("\n") == 1 and text in stderr, (extra, stderr)
         assert not (tmp_path / "bad").exists()
+
+
+def test_benchmark_full_cell_trains_every_weight_with_its_own_lr_grid(tiny_testbed, tmp_path, cli) -> None:
+    from dataclasses import asdict
+
+    from vipamin_cli.artifacts import load_artifact
+    from vipamin_cli.benchmark.runner import BenchmarkSpec, cell_signature, protocols
+    from vipamin_cli.benchmark.suites import resolve_suite
+    from vipamin_cli.evaluate import evaluate
+
+    out = tmp_path / "full"
+    args = [a if a != "random,vipamin,linear" else "full" for a in _args(tiny_testbed, out, "--tasks", "mnist")]
+    code, stdout, stderr = cli(*args, "--full-lr", "0.001,0.005", "--no-plot")
+    assert code == 0, stderr
+    cell = json.loads((out / "results.json").read_text())["cells"]["mnist/full"]
+    assert cell["arch"] == "full" and cell["selected"]["init"] is None
+    (candidate,) = cell["sweep"]["candidates"]  # no init grid: one candidate, no prompts
+    assert candidate["init"] is None and [r["config"]["lr"] for r in candidate["runs"]] == [0.001, 0.005]
+    assert all(r["config"]["arch"] == "full" and r["config"]["prompt_dropout"] == 0 for r in candidate["runs"])
+    assert cell["selected"]["lr"] in (0.001, 0.005) and [r["seed"] for r in cell["final"]["runs"]] == [1, 2]
+    ckpt = load_artifact(cell["final"]["checkpoint"])
+    assert ckpt.meta["arch"] == "full" and any(".vit.blocks." in k for k in ckpt.tensors)
+    tested = evaluate(cell["final"]["checkpoint"], embeddings=results_embedding(out, "test"), device="cpu")
+    assert [r["top1"] for r in tested["runs"]] == [r["test_top1"] for r in cell["final"]["runs"]]
+    assert re.search(r"^\| full \| \d+\.\d+ ± \d+\.\d+ \|", stdout, re.M)
+    assert "lrs" not in cell["signature"]["preset"] and cell["signature"]["preset"]["full_lrs"] == [0.001, 0.005]
+    # a prompt cell's signature never holds the full cell's grid: adding `full` reruns nothing else
+    task = resolve_suite("testbed", tiny_testbed, ["mnist"]).tasks[0]
+    spec = BenchmarkSpec(suite="testbed", root=tiny_testbed, backbone="vit-tiny-test", out="o", preset="quick")
+    preset, cells = protocols(spec, ["random"])
+    assert cell_signature(task, "random", preset, spec, cells["random"])["preset"] == {
+        k: v for k, v in asdict(preset).items() if k != "full_lrs"}
+    code, _, stderr = cli(*args, "--full-lr", "0")
+    assert code == 2 and "--full-lr 0" in stderr
+
+
+def results_embedding(out: Path, split: str) -> str:
+    """The embeddings file of a split of the benchmark's only task, from its results.json."""
+    results = json.loads((out / "results.json").read_text())
+    (paths,) = results["embeddings"].values()
+    return paths[split]["path"]

@@ -250,7 +250,7 @@ def test_recipes_command_lists_every_value_with_source(cli) -> None:
     code, stdout, stderr = cli("recipes", "--json")
     assert code == 0, stderr
     rows = json.loads(stdout)
-    assert [r["name"] for r in rows] == ["vipamin", "vpt", "spt", "vapt"]
+    assert [r["name"] for r in rows] == ["vipamin", "vpt", "spt", "vapt", "vpt-full"]
     for r in rows:
         assert all(v["source"] for v in r["values"].values())
         assert {"optimizer", "batch_size", "epochs", "lrs", "weight_decays", "final_seeds", "tie_break", "ema",

@@ -19,6 +19,7 @@ from .errors import VipaminError
 from .options import (  # the options several commands share, defined once with their help panels
     INIT,
     INIT_METHODS,
+    OPTIM,
     PROMPTS,
     RUNTIME,
     Architecture,
@@ -349,7 +350,8 @@ def tune(
     compile_: CompileOpt = "auto",
     grid_batch: GridBatchOpt = None,
 ) -> None:
-    """Train prompts (and VAPT's generator) plus a linear head on the frozen backbone's cached tokens.
+    """Train prompts (and VAPT's generator) plus a linear head on the frozen backbone's cached tokens
+    (--arch full: fine-tune every backbone weight after block 0 instead, no prompts).
 
     Lists in --lr / --weight-decay / --k / --lambda / --orth / --sample make a sweep selected on --val
     (last-epoch top-1); --seeds trains each configuration per seed; --final-split then retrains the
@@ -396,7 +398,7 @@ def recipes(
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
-    """List the named training recipes (vipamin, vpt, spt, vapt): every value and where it comes from."""
+    """List the named training recipes (vipamin, vpt, spt, vapt, vpt-full): every value and where it comes from."""
     from .recipes import get_recipe, list_recipes
 
     rows = [get_recipe(name).as_dict()] if name else list_recipes()
@@ -430,8 +432,10 @@ def benchmark(
     out: Annotated[Path, typer.Option("--out", help="Output folder: results.json, table.md, results.png, cells/. "
                                       "Finished cells found there are skipped. E.g. --out bench-out.")],
     weights: WeightsOpt = None,
-    methods: Annotated[str, typer.Option("--methods", help="Comma list of random | spt | vipamin | vapt | linear. "
-                                         "E.g. --methods random,vipamin,linear.")] = "random,spt,vipamin,vapt,linear",
+    methods: Annotated[str, typer.Option("--methods", help="Comma list of random | spt | vipamin | vapt | linear | "
+                                         "full (full fine-tuning: every weight after block 0, its own lr grid "
+                                         "--full-lr). E.g. --methods random,vipamin,linear,full.")]
+    = "random,spt,vipamin,vapt,linear",
     tasks: Annotated[str | None, typer.Option("--tasks", help="Comma list of task names (default: all). E.g. "
                                               "--tasks dtd,eurosat.")] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="paper (the VIPAMIN code's protocol: 100 epochs, 7 "
@@ -439,10 +443,11 @@ def benchmark(
                                                "2 lrs) | demo (3 epochs, 1 lr). Default paper; not with --recipe. "
                                                "E.g. --preset quick.")] = None,
     recipe: Annotated[str | None, typer.Option("--recipe", help="Train every cell with named recipes instead of a "
-                                               "preset: vipamin | vpt | spt | vapt (that paper's protocol in every "
-                                               "cell, see `vipamin recipes`) | own (each method its paper's: random "
-                                               "vpt, spt spt, vipamin vipamin, vapt vapt; linear vipamin's "
-                                               "schedule). --epochs, --warmup-epochs, --batch-size, --lr, "
+                                               "preset: vipamin | vpt | spt | vapt | vpt-full (that paper's protocol "
+                                               "in every cell, see `vipamin recipes`) | own (each method its "
+                                               "paper's: random vpt, spt spt, vipamin vipamin, vapt vapt; linear "
+                                               "vipamin's schedule). The full cell always trains with vpt-full. "
+                                               "--epochs, --warmup-epochs, --batch-size, --lr, "
                                                "--weight-decay, --seeds and -p override it; --preset with it is "
                                                "refused. E.g. --recipe own.")] = None,
     cache_dir: CacheOpt = None,
@@ -450,6 +455,9 @@ def benchmark(
     grid: VipaminGrid = VipaminGrid(),
     prompt_length: PromptLengthOpt = None,
     schedule: Schedule = Schedule(),
+    full_lr: Annotated[str | None, Opt("--full-lr", panel=OPTIM, help="Comma list: the full cell's lr grid (base "
+                                       "lrs, x batch/256; default VPT's 0.005, 0.001, 0.0005, 0.0001, shorter in "
+                                       "the testbed presets). E.g. --full-lr 0.001,0.005.")] = None,
     seeds: SeedsOpt = None,
     device: DeviceOpt = "auto",
     grid_batch: GridBatchOpt = None,
@@ -465,6 +473,7 @@ def benchmark(
     overrides = {"epochs": schedule.epochs, "warmup_epochs": schedule.warmup_epochs,
                  "batch_size": schedule.batch_size, "prompt_length": prompt_length,
                  "lrs": _numbers(schedule.lr, "--lr") if schedule.lr is not None else None,
+                 "full_lrs": _numbers(full_lr, "--full-lr") if full_lr is not None else None,
                  "weight_decays": (_numbers(schedule.weight_decay, "--weight-decay")
                                    if schedule.weight_decay is not None else None),
                  "seeds": [check_seed(s, "--seeds") for s in _numbers(seeds, "--seeds", int)] if seeds else None}

@@ -173,7 +173,8 @@ BatchSizeOpt = Annotated[int | None, Opt("--batch-size", panel=OPTIM, help="Batc
                                             "preset's; 32; also scales the lr with --lr-scaling batch256). E.g. "
                                             "--batch-size 64.")]
 LrOpt = Annotated[str | None, Opt("--lr", panel=OPTIM, help="Base lr, or a comma list to sweep (default: the "
-                                     "recipe's or preset's grid; 0.1). E.g. --lr 0.5,1.")]
+                                     "recipe's or preset's grid; 0.1; benchmark: not the full cell's, see "
+                                     "--full-lr). E.g. --lr 0.5,1.")]
 WeightDecayOpt = Annotated[str | None, Opt("--weight-decay", panel=OPTIM, help="Weight decay, or a comma list to "
                                               "sweep (default: the recipe's or preset's grid; 0.01). E.g. "
                                               "--weight-decay 0.01,0.001.")]
@@ -193,7 +194,8 @@ GridBatchOpt = Annotated[int | None, Opt("--grid-batch", panel=RUNTIME, help="Tr
 # tune's own options, by panel (the halving sweep and later benchmark options belong here too).
 OutCheckpointOpt = Annotated[Path, Opt("--out", "-o", help="Checkpoint file.")]
 RecipeOpt = Annotated[str | None, Opt("--recipe", help="A paper's protocol as defaults: vipamin | vpt | spt | vapt "
-                                         "(see `vipamin recipes`); explicit options override it. E.g. --recipe vapt.")]
+                                         "| vpt-full (VPT's full fine-tuning, --arch full; see `vipamin recipes`); "
+                                         "explicit options override it. E.g. --recipe vapt.")]
 ResumeOpt = Annotated[bool, Flag("--resume", help="Continue an interrupted run of the same command (sweep or final "
                                  "stage).")]
 PromptsOpt = Annotated[Path | None, Opt("--prompts", panel=INIT, help="Initial prompts from `vipamin init` "
@@ -204,8 +206,9 @@ InitMethodOpt = Annotated[str | None, Opt("--init", panel=INIT, help=f"Init comp
 InitSeedListOpt = Annotated[str | None, Opt("--init-seed", panel=INIT, help="Seed of the init's random draws "
                                                "(default 0), or a comma list swept as init candidates. E.g. "
                                                "--init-seed 0,1.")]
-ArchOpt = Annotated[str | None, Opt("--arch", panel=PROMPTS, help="vpt-shallow | vpt-deep | vapt (default: the "
-                                       "recipe's, vpt-shallow). E.g. --arch vpt-deep.")]
+ArchOpt = Annotated[str | None, Opt("--arch", panel=PROMPTS, help="vpt-shallow | vpt-deep | vapt | full (full "
+                                       "fine-tuning: every weight after block 0, no prompts; one configuration at "
+                                       "a time) (default: the recipe's, vpt-shallow). E.g. --arch vpt-deep.")]
 PoolOpt = Annotated[str | None, Opt("--pool", panel=PROMPTS, help="Head input: cls | mean-patch | mean-all (mean "
                                        "of prompts + patches, fresh affine-free LayerNorm: VPT's MAE head) | "
                                        "mean-all-norm (the same mean, then the pretrained final norm: SPT's MAE head) "

@@ -168,6 +168,46 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+# VPT's full fine-tuning: the `end2end` transfer type of the VPT code, the papers' reference row.
+M8 = "docs/methods.md §8 (VPT end2end)"
+VPT_CODE = "VPT code, KMnP/vpt"
+VPT_FULL_LRS = (0.005, 0.001, 0.0005, 0.0001)
+RECIPES["vpt-full"] = Recipe(
+    name="vpt-full",
+    description="VPT's full fine-tuning (its end2end transfer type): every weight after block 0, AdamW, "
+                "4 x 4 lr / weight-decay grid, five seeds",
+    config=_common(M8, arch=Value("full", M8 + ": every backbone weight after the cached block-0 tokens"),
+                   optimizer=Value("adamw", f"{M8}; {VPT_CODE} configs/base-finetune.yaml (OPTIMIZER adamw)"),
+                   betas=Value((0.9, 0.999), f"{M8}; {VPT_CODE} src/solver/optimizer.py (AdamW defaults)"),
+                   eps=Value(1e-6, f"{M8}; {VPT_CODE} src/solver/optimizer.py (AdamW defaults)"),
+                   batch_size=Value(384, f"{M8}; {VPT_CODE} configs/base-finetune.yaml (BATCH_SIZE 384)"),
+                   epochs=Value(100, f"{M8}; {VPT_CODE} configs/base-finetune.yaml (TOTAL_EPOCH 100)"),
+                   warmup_epochs=Value(5, f"{M8}; {VPT_CODE} configs/base-finetune.yaml (WARMUP_EPOCH 5)"),
+                   schedule_step=Value("epoch", f"{M8}; {VPT_CODE} src/engine/trainer.py (cosine stepped per "
+                                       "epoch)"),
+                   lr_scaling=Value("batch256", f"{M8}; {VPT_CODE} tune_vtab.py (lr / 256 x batch size)"),
+                   prompt_dropout=Value(0.0, M8 + ": no prompts"),
+                   drop_last=Value(False, f"{M8}; {VPT_CODE} src/data/loader.py (drop_last only with several GPUs)"),
+                   ema=Value(0.0, f"{M8}; {VPT_CODE} src/engine/trainer.py (no weight EMA)"),
+                   decay_groups=Value("matrices", M8 + ": the code exempts biases by name; it also decays "
+                                      "LayerNorm weights, which vipamin does not"),
+                   head_init=Value("kaiming", f"{M8}; {VPT_CODE} src/models/mlp.py (kaiming-normal fan_out)"),
+                   tie_break=Value("smaller-lr", f"{M8}; {VPT_CODE} tune_vtab.py find_best_lrwd (ties to the "
+                                   "smaller lr)")),
+    lrs=Value(VPT_FULL_LRS, f"{M8}; {VPT_CODE} tune_vtab.py get_lrwd_range('finetune') (base lr, x batch/256)"),
+    weight_decays=Value(VPT_WDS, f"{M8}; {VPT_CODE} tune_vtab.py get_lrwd_range('finetune')"),
+    seeds=Value((42,), DEFAULT),
+    final_seeds=Value((42, 44, 82, 100, 800), f"{M8}; {VPT_CODE} tune_vtab.py (five final runs)"),
+    init_method=Value("random", M8 + ": not used by --arch full (no prompts); VPT's init for a prompt --arch"),
+    init_grid=Value(({},), DEFAULT),
+    prompt_length=Value(dict(PROMPTS) | {"full": 0}, M8 + ": no prompts (a prompt --arch gets VPT's lengths)"),
+    notes=("VPT's AdamW hard-codes weight decay 0.01 and switches to SGD at weight decay 0 (docs/methods.md §5): "
+           "not reproduced, the grid's weight decay is used as given",
+           "the patch and position embeddings and the class token stay frozen (the embed cache serves them); "
+           "VPT's end2end trains them too (docs/methods.md §8)",
+           "the reference head bias init -log(99) is not reproduced: bias 0"))
+
+
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise InputError(f"unknown --recipe '{name}'", f"use one of {', '.join(RECIPES)}")
@@ -233,17 +273,20 @@ def plan(recipe: str | None = None, *, lrs: list[float] | None = None, weight_de
         resolved[name] = {"value": _plain(value), "source": "option"}
         fields_[name] = value
     base = TuneConfig(**fields_, recipe=recipe)
+    full = base.arch == "full"
+    if full:
+        base = _full_base(base, init_method, init_grid, prompt_length, resolved)
     out = TunePlan(
         base=base,
-        lrs=list(pick("lrs", lrs, r.lrs, [0.1])),
+        lrs=list(pick("lrs", lrs, r.lrs, [FULL_DEFAULT_LR if full else 0.1])),
         weight_decays=list(pick("weight_decays", weight_decays, r.weight_decays, [0.01])),
         seeds=list(pick("seeds", seeds, r.seeds, [42])),
         final_seeds=list(pick("final_seeds", final_seeds, r.final_seeds)),
-        init_method=pick("init_method", init_method, r.init_method),
-        init_grid=[dict(g) for g in pick("init_grid", init_grid, r.init_grid if init_method in (
+        init_method=r.init_method.value if full else pick("init_method", init_method, r.init_method),
+        init_grid=[{}] if full else [dict(g) for g in pick("init_grid", init_grid, r.init_grid if init_method in (
             None, r.init_method.value) else Value(({},), "one init: --init differs from the recipe's"), [{}])],
-        prompt_length=pick("prompt_length", prompt_length, Value(r.prompt_length.value[base.arch],
-                                                                 r.prompt_length.source)),
+        prompt_length=0 if full else pick("prompt_length", prompt_length, Value(r.prompt_length.value[base.arch],
+                                                                                r.prompt_length.source)),
         recipe=recipe,
         resolved=resolved,
         head_weight_decay_by_family=(r.head_weight_decay_by_family.value
@@ -253,6 +296,8 @@ def plan(recipe: str | None = None, *, lrs: list[float] | None = None, weight_de
     if r.pool_by_family is not None and config.get("pool") is None:
         out.pool_by_family = dict(r.pool_by_family.value)
         resolved["pool"] = {"value": _plain(out.pool_by_family), "source": r.pool_by_family.source}
+    if full and lrs is None and recipe is None:
+        resolved["lrs"]["source"] = f"vipamin default for --arch full ({FULL_DEFAULT_LR}: one value of VPT's grid)"
     if out.head_weight_decay_by_family:
         resolved["head_weight_decay"] = {"value": _plain(out.head_weight_decay_by_family),
                                          "source": r.head_weight_decay_by_family.source}
@@ -261,6 +306,27 @@ def plan(recipe: str | None = None, *, lrs: list[float] | None = None, weight_de
         if not values:
             raise InputError(f"{what} is empty", f"pass at least one value to {what}")
     return out
+
+
+FULL_DEFAULT_LR = 0.001  # --arch full without a recipe: one value of VPT's full fine-tuning grid
+FULL_IGNORED = "--arch full trains no prompts"
+
+
+def _full_base(base: TuneConfig, init_method: str | None, init_grid: list[dict[str, Any]] | None,
+               prompt_length: int | None, resolved: dict[str, Any]) -> TuneConfig:
+    """--arch full: refuse the prompt options given explicitly; a recipe's prompt dropout becomes 0."""
+    given = [opt for opt, value in (("--init", init_method), ("--k / --lambda / --sample / --init-seed", init_grid),
+                                    ("--prompt-length", prompt_length)) if value is not None]
+    if resolved.get("prompt_dropout", {}).get("source") == "option" and base.prompt_dropout > 0:
+        given.append("--prompt-dropout")
+    if given:
+        raise InputError(f"{', '.join(given)} make{'s' if len(given) == 1 else ''} no sense with --arch full (it "
+                         "trains no prompts)", "drop them, or pick a prompt --arch (vpt-shallow, vpt-deep, vapt)")
+    for key in ("init_method", "init_grid", "prompt_length"):
+        resolved[key] = {"value": None, "source": FULL_IGNORED}
+    if base.prompt_dropout:
+        resolved["prompt_dropout"] = {"value": 0.0, "source": FULL_IGNORED}
+    return replace(base, prompt_dropout=0.0)
 
 
 def for_backbone(p: TunePlan, family: str) -> TuneConfig:

@@ -20,9 +20,9 @@ from .backbones import POOLS
 from .errors import InputError, RuntimeFailure
 from .prompted import PromptedViT
 
-ARCHS = ("vpt-shallow", "vpt-deep", "vapt")
+ARCHS = ("vpt-shallow", "vpt-deep", "vapt", "full")  # full: every weight after block 0 (full.py)
 OPTIMIZERS = ("adamw", "sgd")
-DEFAULT_PROMPTS = {"vpt-shallow": 100, "vpt-deep": 20, "vapt": 10}
+DEFAULT_PROMPTS = {"vpt-shallow": 100, "vpt-deep": 20, "vapt": 10, "full": 0}
 LR_SCALINGS = ("batch256", "none")  # lr * batch / 256 (VPT, VIPAMIN, VAPT) | the base lr as is (SPT)
 SCHEDULE_STEPS = ("epoch", "iteration")
 DECAY_GROUPS = ("matrices", "all-but-head-bias")
@@ -85,6 +85,9 @@ class TuneConfig:
         v.number(self.lr, "--lr", minimum=0, min_open=True, example=0.1)
         v.number(self.weight_decay, "--weight-decay", minimum=0, example=0.01)
         v.number(self.prompt_dropout, "--prompt-dropout", minimum=0, maximum=1, max_open=True, example=0.1)
+        if self.arch == "full" and self.prompt_dropout > 0:
+            raise InputError(f"--prompt-dropout {self.prompt_dropout} makes no sense with --arch full (it trains no "
+                             "prompts)", "drop --prompt-dropout, or pick a prompt --arch")
         v.seed(self.seed, "--seed")
         v.integer(self.vapt_hidden, "--vapt-hidden", minimum=1, example=8)
         v.integer(self.vapt_kernel, "--vapt-kernel", minimum=1, example=2)
@@ -145,9 +148,11 @@ def epoch_steps(n: int, config: TuneConfig) -> int:
     return n // config.batch_size if config.drop_last else -(-n // config.batch_size)
 
 
-def build_model(vit: nn.Module, prompts: torch.Tensor, num_classes: int, config: TuneConfig, pool: str,
+def build_model(vit: nn.Module, prompts: torch.Tensor | None, num_classes: int, config: TuneConfig, pool: str,
                 grid: tuple[int, int]) -> PromptedViT:
-    """The prompted model of ``config.arch``, head initialised from ``config.seed``."""
+    """The model of ``config.arch`` (prompted, or ``full``: a fine-tuned copy of ``vit`` that ignores
+    ``prompts``), head initialised from ``config.seed``."""
+    from .full import build_full_model
     from .inits.base import vpt_bound
     from .vapt import VaptPromptGenerator
 
@@ -163,8 +168,11 @@ def build_model(vit: nn.Module, prompts: torch.Tensor, num_classes: int, config:
                                            learnable_scale=config.vapt_scale,
                                            static_bound=vpt_bound(int(vit.patch_embed.patch_size[0]),
                                                                   int(vit.embed_dim)))
-        model = PromptedViT(vit, prompts, pool=pool, prompt_dropout=config.prompt_dropout,
-                            num_classes=num_classes, adaptive=adaptive)
+        if config.arch == "full":
+            model = build_full_model(vit, num_classes, pool)
+        else:
+            model = PromptedViT(vit, prompts, pool=pool, prompt_dropout=config.prompt_dropout,
+                                num_classes=num_classes, adaptive=adaptive)
         if config.head_init == "zeros":
             nn.init.zeros_(model.head.weight)
         elif config.head_init == "trunc-normal":
@@ -176,10 +184,16 @@ def build_model(vit: nn.Module, prompts: torch.Tensor, num_classes: int, config:
 
 
 def prompt_side_parameters(config: TuneConfig, dim: int, depth: int, grid: tuple[int, int],
-                           num_prompts: int) -> int:
-    """Trainable parameters besides the head (prompts, and VAPT's generator with its options)."""
+                           num_prompts: int, vit: nn.Module | None = None, pool: str = "cls") -> int:
+    """Trainable parameters besides the head (prompts, and VAPT's generator with its options; for
+    ``full``, the trained backbone weights of ``vit`` with head input ``pool``)."""
+    from .full import trainable_backbone_parameters
     from .vapt import vapt_parameter_count
 
+    if config.arch == "full":
+        if vit is None:
+            raise ValueError("--arch full counts the backbone's weights: pass vit")
+        return trainable_backbone_parameters(vit, pool)
     if config.arch == "vapt":
         return vapt_parameter_count(dim, depth, grid[0], num_prompts, config.vapt_hidden, config.vapt_kernel,
                                     config.vapt_first_block, config.vapt_per_channel, config.vapt_scale)
@@ -244,8 +258,9 @@ class WeightEma:
 
 
 def trainable_state(model: PromptedViT) -> dict[str, torch.Tensor]:
-    """Prompt-side parameters and the head: what a checkpoint stores (never the backbone)."""
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if not n.startswith("vit.")}
+    """The trained tensors, what a checkpoint stores: prompt-side parameters and the head (never the
+    frozen backbone); for full fine-tuning, the trained blocks, norm and head (never the embedding)."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def evaluation_state(model: PromptedViT) -> dict[str, torch.Tensor]:
@@ -288,7 +303,7 @@ def precision_context(precision: str, device: torch.device) -> torch.autocast:
 
 
 def compile_backbone(vit: nn.Module) -> None:
-    """torch.compile each frozen block in place (once); the prompt splicing stays eager."""
+    """torch.compile each block in place (once); the prompt splicing stays eager."""
     for blk in vit.blocks:
         if getattr(blk, "_compiled_call_impl", None) is None:
             blk.compile()
@@ -338,7 +353,8 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, ...],
 
     Each configuration keeps its own prompts, head, optimizer, schedule, batch order and seed; the
     backbone runs once per step on the stacked batches of all of them. A configuration trained in
-    a group of one is exactly a solo run. With ``tolerate_divergence`` (a sweep) a configuration
+    a group of one is exactly a solo run. Models that own their backbone (full fine-tuning) run
+    one after another within each step instead. With ``tolerate_divergence`` (a sweep) a configuration
     whose loss or weights become non-finite stops updating and is recorded as diverged; otherwise
     that is an error. With ``config.ema`` > 0 each model carries a ``WeightEma`` as ``model.ema``
     (restored from ``ema_states``); validation uses the averaged weights.
@@ -361,7 +377,8 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, ...],
     for m in models:
         m.to(device)
     if compile_blocks:
-        compile_backbone(models[0].vit)
+        for vit in {id(m.vit): m.vit for m in models}.values():
+            compile_backbone(vit)
     opts = [make_optimizer(m, c, fused=device.type == "cuda") for m, c in zip(models, configs, strict=True)]
     for opt, st in zip(opts, optimizer_states or [None] * group, strict=True):
         if st:
@@ -417,7 +434,8 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, ...],
                               for j, pk in zip(idx, picks, strict=True)]
                     ys = [labels[j.to(labels.device)].to(device, non_blocking=True) for j in idx]
                     with autocast:
-                        logits = grid_forward(models, xs) if group > 1 else [models[0](xs[0])]
+                        logits = (grid_forward(models, xs) if group > 1 and _share_backbone(models)
+                                  else [m(x) for m, x in zip(models, xs, strict=True)])
                     losses = torch.stack([loss_fn(lg.float(), y) for lg, y in zip(logits, ys, strict=True)])
                     if sync is not None:
                         losses = losses * (len(idx[0]) / batch)  # this rank's share of the batch mean
@@ -474,6 +492,11 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, ...],
     return states
 
 
+def _share_backbone(models: list[PromptedViT]) -> bool:
+    """Whether the models run one frozen backbone (grid batching); full fine-tunes each own theirs."""
+    return all(m.vit is models[0].vit for m in models)
+
+
 class _GradientSync:
     """Data-parallel training under torchrun: one flat all-reduce per step of every trainable
     gradient, the per-config losses and an interrupt flag. Ctrl-C / SIGTERM only sets the flag, and
@@ -486,8 +509,7 @@ class _GradientSync:
         from . import distributed
 
         self.rank, self.world = distributed.rank(), distributed.world_size()
-        self.params = [p for m in models for n, p in m.named_parameters() if p.requires_grad
-                       and not n.startswith("vit.")]
+        self.params = [p for m in models for p in m.parameters() if p.requires_grad]
         self.stop = False
         self.previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .full import check_request as full_check_request
 from .iosafety import command_scope
 from .train import TuneConfig
 from .tuning.checkpoint import checkpoint_meta, load_runs, render_sweep, write_checkpoint
@@ -71,6 +72,7 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
     weight decay). ``on_epoch(first_index, state, stage)`` is called after each saved epoch.
     """
     check_sources(inputs, final_seeds)
+    full_check_request(base.arch, inputs.prompts)
     out, dev, precision_used, compile_blocks, _ = check_tune_request(
         inputs, base, lrs, weight_decays, seeds, out, device, grid_batch, precision, compile_mode, final_seeds)
     if resume:
@@ -148,7 +150,7 @@ def tune_plan(inputs: TuneInputs, plan: Any, out: str | os.PathLike, **kwargs: A
     if inputs.init_grid is None:
         template = inputs.init or InitConfig(method=plan.init_method)
         template = replace(template, method=plan.init_method, prompt_length=template.prompt_length
-                           or plan.prompt_length)
+                           or plan.prompt_length or None)  # None: --arch full (no prompts)
         candidates = [replace(template, **g) for g in plan.init_grid]
         if inputs.prompts is None:
             inputs = replace(inputs, init_grid=candidates)

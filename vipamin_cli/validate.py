@@ -25,8 +25,9 @@ SEED_MAX = 2**63 - 1  # every RNG we seed (torch, numpy) takes a non-negative 63
 LIST_OPTIONS: dict[str, dict[str, type]] = {
     "tune": {"--lr": float, "--weight-decay": float, "--seeds": int, "--k": int, "--lambda": float,
              "--orth": str, "--orth-scale": str, "--orth-rcond": str, "--sample": str, "--init-seed": int},
-    "benchmark": {"--methods": str, "--tasks": str, "--lr": float, "--weight-decay": float, "--seeds": int,
-                  "--k": int, "--lambda": float, "--orth": str, "--orth-scale": str, "--orth-rcond": str},
+    "benchmark": {"--methods": str, "--tasks": str, "--lr": float, "--full-lr": float, "--weight-decay": float,
+                  "--seeds": int, "--k": int, "--lambda": float, "--orth": str, "--orth-scale": str,
+                  "--orth-rcond": str},
 }
 
 

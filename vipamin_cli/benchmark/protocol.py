@@ -18,18 +18,22 @@ from typing import Any
 
 from ..errors import InputError
 
-METHODS = ("random", "spt", "vipamin", "vapt", "linear")
-# method -> (prompt architecture, init of the static prompts); linear has neither.
+METHODS = ("random", "spt", "vipamin", "vapt", "linear", "full")
+DEFAULT_METHODS = ("random", "spt", "vipamin", "vapt", "linear")  # full fine-tuning is asked for by name
+# method -> (architecture, init of the static prompts); linear has neither, full (fine-tuning) no init.
 METHOD_SETUP: dict[str, tuple[str | None, str | None]] = {
     "random": ("vpt-shallow", "random"), "spt": ("vpt-shallow", "spt"), "vipamin": ("vpt-shallow", "vipamin"),
-    "vapt": ("vapt", "random"), "linear": (None, None),
+    "vapt": ("vapt", "random"), "linear": (None, None), "full": ("full", None),
 }
 # --recipe own: each method its own paper's recipe; the linear probe trains on VIPAMIN's schedule.
-OWN_RECIPES = {"random": "vpt", "spt": "spt", "vipamin": "vipamin", "vapt": "vapt", "linear": "vipamin"}
+OWN_RECIPES = {"random": "vpt", "spt": "spt", "vipamin": "vipamin", "vapt": "vapt", "linear": "vipamin",
+               "full": "vpt-full"}
+FULL_RECIPE = "vpt-full"  # the full cell's recipe under any --recipe: the papers' full fine-tuning row is VPT's
 # benchmark overrides (Preset field names) -> recipes.plan arguments / TuneConfig fields
 PLAN_OPTIONS = {"lrs": "lrs", "weight_decays": "weight_decays", "sweep_seeds": "seeds", "seeds": "final_seeds",
                 "prompt_length": "prompt_length"}
 CONFIG_OPTIONS = ("epochs", "warmup_epochs", "batch_size", "optimizer", "prompt_dropout")
+PROMPT_ONLY = ("lrs", "prompt_length", "prompt_dropout")  # overrides the full cell does not take (--full-lr: lrs)
 LINEAR_NOTE = ("the linear probe (benchmark/linear.py) takes the optimizer, batch size, lr scaling, epochs, "
                "warm-up, head init, grids and seeds; its schedule is the per-epoch cosine without floor, its "
                "AdamW / SGD constants are fixed and it keeps no EMA")
@@ -68,8 +72,11 @@ class CellProtocol:
         return METHOD_SETUP[self.method][1]
 
     def init_configs(self, device: str) -> list[Any]:
+        """The init candidates as InitConfigs; ``[None]`` for full fine-tuning (no prompts, no init)."""
         from ..inits import InitConfig
 
+        if self.init_method is None:
+            return [None]
         return [InitConfig(method=self.init_method, prompt_length=self.prompt_length, device=device, **c)
                 for c in self.init_grid]
 
@@ -79,7 +86,7 @@ class CellProtocol:
         sweep = len(self.lrs) * len(self.weight_decays) * len(self.sweep_seeds)
         if self.method == "linear":
             return (sweep + len(self.seeds)) * epochs
-        gb = grid_batch or 10**9
+        gb = 1 if self.method == "full" else grid_batch or 10**9  # full fine-tuning: one configuration at a time
         return (len(self.init_grid) * -(-sweep // min(gb, sweep))
                 + -(-len(self.seeds) // min(gb, len(self.seeds)))) * epochs
 
@@ -109,8 +116,26 @@ def check_recipe(recipe: str) -> None:
 
 
 def cell_recipe(recipe: str, method: str) -> str:
-    """The named recipe a cell of ``method`` trains with under ``--recipe recipe``."""
+    """The named recipe a cell of ``method`` trains with under ``--recipe recipe``: the full cell
+    always VPT's full fine-tuning (every paper's full fine-tuning row is VPT's end2end protocol)."""
+    if method == "full":
+        return FULL_RECIPE
     return OWN_RECIPES[method] if recipe == "own" else recipe
+
+
+def cell_overrides(method: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The benchmark overrides (Preset field names, None dropped) that reach a cell of ``method``: the
+    full cell takes ``full_lrs`` (--full-lr) as its lr grid and ignores the prompt options; the others
+    ignore ``full_lrs``."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    full_lrs = given.pop("full_lrs", None)
+    if method == "linear":  # no prompts (under --recipe vpt-full its plan's architecture is full)
+        given.pop("prompt_length", None)
+    if method == "full":
+        given = {k: v for k, v in given.items() if k not in PROMPT_ONLY}
+        if full_lrs is not None:
+            given["lrs"] = full_lrs
+    return given
 
 
 def recipe_protocol(method: str, recipe: str, overrides: dict[str, Any] | None = None,
@@ -128,7 +153,7 @@ def recipe_protocol(method: str, recipe: str, overrides: dict[str, Any] | None =
     check_recipe(recipe)
     name = cell_recipe(recipe, method)
     r = get_recipe(name)
-    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    given = cell_overrides(method, overrides or {})
     bad = sorted(set(given) - set(PLAN_OPTIONS) - set(CONFIG_OPTIONS))
     if bad:
         raise ValueError(f"unknown recipe fields {bad}")
@@ -171,5 +196,5 @@ def recipe_protocol(method: str, recipe: str, overrides: dict[str, Any] | None =
     return CellProtocol(method=method, base=base, lrs=tuple(p.lrs), weight_decays=tuple(p.weight_decays),
                         sweep_seeds=tuple(p.seeds), seeds=tuple(p.final_seeds),
                         init_grid=tuple(p.init_grid) if method != "linear" else ({},),
-                        prompt_length=p.prompt_length if method != "linear" else None, recipe=name,
+                        prompt_length=p.prompt_length if method not in ("linear", "full") else None, recipe=name,
                         resolved=_plain(resolved))

@@ -27,7 +27,15 @@ from ..artifacts import atomic_path
 from ..errors import InputError
 from ..iosafety import command_scope
 from .inputs import INPUTS_KEY, file_digest, task_inputs, what_changed, without_inputs
-from .protocol import METHOD_SETUP, METHODS, CellProtocol, cell_recipe, check_recipe, recipe_protocol
+from .protocol import (
+    DEFAULT_METHODS,
+    METHOD_SETUP,
+    METHODS,
+    CellProtocol,
+    cell_recipe,
+    check_recipe,
+    recipe_protocol,
+)
 from .suites import Suite, Task, resolve_suite
 
 RESULTS_SCHEMA = 1
@@ -51,17 +59,19 @@ class Preset:
     optimizer: str = "adamw"
     prompt_length: int | None = None  # None: the architecture's default (100 shallow, 10 VAPT)
     prompt_dropout: float = 0.0
+    full_lrs: tuple[float, ...] = (0.005, 0.001, 0.0005, 0.0001)  # the full cell's grid: VPT's full fine-tuning
 
 
 PRESETS: dict[str, Preset] = {
     # VIPAMIN's code (from VPT): AdamW, batch 32, lr grid x 32/256, 100 epochs, seeds 42/44/82.
     "paper": Preset(),
     # A shortened protocol (a full testbed run is hours on a 2-core CPU).
-    "quick": Preset(epochs=20, warmup_epochs=2, lrs=(0.25, 1.0, 2.5), prompt_length=10),
+    "quick": Preset(epochs=20, warmup_epochs=2, lrs=(0.25, 1.0, 2.5), prompt_length=10,
+                    full_lrs=(0.005, 0.001, 0.0005)),
     # `make benchmark-testbed`: every method on the 8 testbed tasks in about 1.5 h on a 2-core CPU.
-    "testbed": Preset(epochs=5, warmup_epochs=1, lrs=(0.5, 2.0), prompt_length=10),
+    "testbed": Preset(epochs=5, warmup_epochs=1, lrs=(0.5, 2.0), prompt_length=10, full_lrs=(0.005, 0.001)),
     # `make demo`: two testbed tasks in a few minutes (one lr, so no sweep; three final seeds).
-    "demo": Preset(epochs=3, warmup_epochs=1, lrs=(1.0,), prompt_length=10),
+    "demo": Preset(epochs=3, warmup_epochs=1, lrs=(1.0,), prompt_length=10, full_lrs=(0.005,)),
 }
 
 
@@ -73,7 +83,7 @@ def resolve_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset
     bad = sorted(set(given) - known)
     if bad:
         raise ValueError(f"unknown recipe fields {bad}")
-    for key in ("lrs", "weight_decays", "seeds", "sweep_seeds"):
+    for key in ("lrs", "weight_decays", "seeds", "sweep_seeds", "full_lrs"):
         if key in given:
             given[key] = tuple(given[key])
     recipe = replace(PRESETS[name], **given)
@@ -91,7 +101,7 @@ class BenchmarkSpec:
     backbone: str
     out: str | os.PathLike
     weights: str | None = None
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     tasks: list[str] | None = None
     preset: str | None = None  # None: paper, unless a recipe is given (the two are alternatives)
     recipe: str | None = None  # vipamin | vpt | spt | vapt | own: every cell's protocol from the named recipes
@@ -118,18 +128,23 @@ def _preset_init_grid(method: str, init_grid: dict[str, list[Any]]) -> tuple[dic
 def _base_config(method: str, recipe: Preset) -> Any:
     from ..train import TuneConfig
 
+    full = method == "full"
     return TuneConfig(arch=METHOD_SETUP[method][0] or "vpt-shallow", epochs=recipe.epochs,
                       warmup_epochs=recipe.warmup_epochs, batch_size=recipe.batch_size, optimizer=recipe.optimizer,
-                      prompt_dropout=recipe.prompt_dropout, lr=recipe.lrs[0], weight_decay=recipe.weight_decays[0],
+                      prompt_dropout=0.0 if full else recipe.prompt_dropout,
+                      lr=(recipe.full_lrs if full else recipe.lrs)[0], weight_decay=recipe.weight_decays[0],
                       seed=recipe.seeds[0])
 
 
 def preset_protocol(method: str, recipe: Preset, init_grid: dict[str, list[Any]] | None = None) -> CellProtocol:
-    """A cell's protocol from a preset (no --recipe): the preset's plain values, every cell alike."""
-    return CellProtocol(method=method, base=_base_config(method, recipe), lrs=tuple(recipe.lrs),
+    """A cell's protocol from a preset (no --recipe): the preset's plain values, every cell alike (the
+    full cell: its own lr grid ``full_lrs``, no prompts)."""
+    full = method == "full"
+    return CellProtocol(method=method, base=_base_config(method, recipe),
+                        lrs=tuple(recipe.full_lrs if full else recipe.lrs),
                         weight_decays=tuple(recipe.weight_decays), sweep_seeds=tuple(recipe.sweep_seeds),
                         seeds=tuple(recipe.seeds), init_grid=_preset_init_grid(method, init_grid or {}),
-                        prompt_length=recipe.prompt_length)
+                        prompt_length=None if full else recipe.prompt_length)
 
 
 def _as_protocol(method: str, recipe: Preset | CellProtocol, init_grid: dict[str, list[Any]] | None) -> CellProtocol:
@@ -177,7 +192,16 @@ def cell_signature(task: Task, method: str, recipe: Preset | None, spec: Benchma
     assert recipe is not None
     grid = {k: v for k, v in spec.init_grid.items() if v} if METHOD_SETUP[method][1] == "vipamin" else {}
     return {"task": task.describe(), "method": method, "backbone": spec.backbone, "weights": spec.weights,
-            "preset": asdict(recipe), "init_grid": grid, "calib_size": spec.calib_size, INPUTS_KEY: inputs}
+            "preset": _preset_fields(method, recipe), "init_grid": grid, "calib_size": spec.calib_size,
+            INPUTS_KEY: inputs}
+
+
+def _preset_fields(method: str, preset: Preset) -> dict[str, Any]:
+    """The preset values a cell of ``method`` uses: the full cell's lr grid and the prompt options
+    reach only their own cells, so changing one leaves the other cells' signatures as they were."""
+    fields_ = asdict(preset)
+    drop = ("lrs", "prompt_length", "prompt_dropout") if method == "full" else ("full_lrs",)
+    return {k: v for k, v in fields_.items() if k not in drop}
 
 
 def _mean_std(values: list[float]) -> dict[str, Any]:
@@ -231,7 +255,7 @@ def run_cell(task: Task, method: str, embeddings: dict[str, Path], recipe: Prese
 
     base = protocol.base
     candidates = []
-    for j, icfg in enumerate(protocol.init_configs(device)):
+    for j, icfg in enumerate(protocol.init_configs(device)):  # full fine-tuning: one candidate, no init
         inputs = TuneInputs(embeddings=embeddings[task.sweep_train], val_embeddings=embeddings[task.sweep_val],
                             init=icfg)
         sweep = _tune_step(inputs, base, list(protocol.lrs), list(protocol.weight_decays),
@@ -241,14 +265,14 @@ def run_cell(task: Task, method: str, embeddings: dict[str, Path], recipe: Prese
         score = statistics.fmean(r["final_val_top1"] for r in sweep["runs"]
                                  if (r["config"]["lr"], r["config"]["weight_decay"]) ==
                                  (chosen["lr"], chosen["weight_decay"]))
-        candidates.append({"init": asdict(icfg), "score": score, **sweep})
+        candidates.append({"init": asdict(icfg) if icfg is not None else None, "score": score, **sweep})
     best = max(range(len(candidates)), key=lambda j: (candidates[j]["score"], -j))
     picked = candidates[best]
     sweep_s = time.perf_counter() - started
 
     from ..inits import InitConfig
 
-    final_init = InitConfig(**picked["init"])
+    final_init = InitConfig(**picked["init"]) if picked["init"] is not None else None
     inputs = TuneInputs(embeddings=embeddings[task.final_train], init=final_init)
     final = _tune_step(inputs, base, [picked["chosen"]["lr"]], [picked["chosen"]["weight_decay"]],
                        list(protocol.seeds), cell_dir / "final.safetensors", device, grid_batch, precision, tick)
@@ -560,8 +584,10 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
     from .. import validate as v
     from ..embed import EmbedConfig
 
+    for lr in spec.overrides.get("full_lrs") or ():  # checked even when no full cell runs
+        v.number(lr, "--full-lr", minimum=0, min_open=True, example=0.001)
     recipe, cell_protocols = protocols(spec, methods)
-    for protocol in [preset_protocol("random", recipe)] if recipe is not None else cell_protocols.values():
+    for protocol in cell_protocols.values():
         protocol.validate()
     v.integer(spec.grid_batch, "--grid-batch", minimum=1, example=4, optional=True)
     EmbedConfig(calib_size=spec.calib_size, device=spec.device).validate()

@@ -41,7 +41,8 @@ def checkpoint_meta(data: TuneData, base: TuneConfig, runtime: Runtime, recipe: 
             "augment": {"sweep": train.meta.get("augment"),
                         "final": final.meta.get("augment") if final is not None else None},
             "prompt_side_parameters": prompt_side_parameters(base, int(identity["width"]), int(identity["depth"]),
-                                                             data.grid, int(data.prompts[0].shape[-2])),
+                                                             data.grid, int(data.prompts[0].shape[-2]),
+                                                             data.backbone.model, data.pool),
             "runtime": runtime.record(),
             "recipe": {"name": recipe.recipe, "values": recipe.resolved} if recipe is not None else None}
     if distributed.launched():
@@ -106,7 +107,7 @@ def load_runs(checkpoint: Artifact, vit: torch.nn.Module) -> list[Any]:
         state = {k[len(prefix):]: v for k, v in checkpoint.tensors.items() if k.startswith(prefix)}
         cfg_fields = {k: v for k, v in run["config"].items() if k in TuneConfig.__dataclass_fields__}
         cfg = TuneConfig(**cfg_fields)
-        model = build_model(vit, state["prompts"], meta["num_classes"], cfg, meta["pool"], tuple(meta["grid"]))
+        model = build_model(vit, state.get("prompts"), meta["num_classes"], cfg, meta["pool"], tuple(meta["grid"]))
         model.load_state_dict(state, strict=False)
         models.append(model)
     return models

@@ -173,6 +173,10 @@ def check_geometry(base: TuneConfig, vit: torch.nn.Module, grid: tuple[int, int]
     from .. import validate as v
 
     depth = len(vit.blocks)
+    if base.arch == "full":  # weights, gradients, optimiser state and activations of every block
+        from ..full import check_memory
+
+        return check_memory(vit, base.pool or train.meta["backbone"]["pool"], int(train["tokens"].shape[1]), base, dev)
     if base.arch == "vapt":
         v.vapt_geometry(base.vapt_kernel, base.vapt_first_block, depth, grid)
     length = (max(init.prompt_length or 0 for init in init_configs(inputs)) if inputs.prompts is None else 0)
@@ -199,8 +203,11 @@ def check_init_k(inputs: TuneInputs, recipe: Any, patches: int) -> None:
 def initial_prompts(inputs: TuneInputs, train: Artifact, arch: str, out: Path, init: Any,
                     suffix: str = "") -> tuple[torch.Tensor, dict]:
     """Prompts from --prompts, or computed now from ``init`` and saved beside the checkpoint."""
+    from ..full import no_prompts
     from ..inits import init_prompts
 
+    if arch == "full":  # full fine-tuning trains no prompts (full.py)
+        return no_prompts(int(train["tokens"].shape[-1]))
     if inputs.prompts is not None:
         art = load_artifact(inputs.prompts, "prompts", what="--prompts")
         check_same_backbone(train.meta, art.meta, "the training embeddings", f"--prompts {inputs.prompts}")

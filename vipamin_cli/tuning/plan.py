@@ -73,7 +73,8 @@ def plan_sweep(base: TuneConfig, lrs: list[float], weight_decays: list[float], s
     points = grid_points(base, lrs, weight_decays, seeds, num_inits)
     for pt in points:
         pt.config.validate()
-    return SweepPlan(points, max(1, min(grid_batch or len(points), len(points))), final_seeds,
+    group = 1 if base.arch == "full" else max(1, min(grid_batch or len(points), len(points)))  # own backbone copy
+    return SweepPlan(points, group, final_seeds,
                      num_inits * len(lrs) * len(weight_decays))
 
 
