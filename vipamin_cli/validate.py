@@ -27,6 +27,9 @@ LIST_OPTIONS: dict[str, dict[str, type]] = {
              "--sample": str, "--init-seed": int},
     "benchmark": {"--methods": str, "--tasks": str, "--lr": float, "--weight-decay": float, "--seeds": int,
                   "--k": int, "--lambda": float, "--orth": str, "--orth-scale": str},
+    "data make-testbed": {"--tasks": str},
+    "data check": {"--tasks": str},
+    "data get": {"--tasks": str},
 }
 
 
