@@ -310,6 +310,25 @@ def test_no_write_follows_a_link_or_replaces_a_fifo(w: SimpleNamespace, tmp_path
     assert not (out / "t.safetensors").exists() and not list(out.glob(".vp-*"))
 
 
+def test_a_side_file_is_never_written_onto_an_input_read_after_it_was_declared(tmp_path: Path) -> None:
+    """export declares `<out>.json` before the model is loaded; a weights file recorded in the checkpoint is
+    read only then. The last check before the write (atomic_path) still finds it, and leaves it whole."""
+    from vipamin_cli import iosafety
+    from vipamin_cli.artifacts import atomic_path
+    from vipamin_cli.errors import InputError
+
+    side = tmp_path / "m.pt2.json"
+    side.write_text("weights")
+    with iosafety.command_scope():
+        iosafety.declare_output(side, "--out", role="the metadata file", source="written beside --out")
+        iosafety.check_input(side, "weights file")  # read later, as load_classifier reads the recorded weights
+        with pytest.raises(InputError) as caught, atomic_path(side) as tmp:
+            tmp.write_text("metadata")
+    assert str(caught.value) == (f"the metadata file {side} (written beside --out) is the same file as the input "
+                                 f"weights file {side}; writing it would destroy the input; choose another --out")
+    assert side.read_text() == "weights" and sorted(os.listdir(tmp_path)) == ["m.pt2.json"]
+
+
 def test_heat_map_default_names_its_file_and_png(w: SimpleNamespace, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     prompts = tmp_path / "q.safetensors"

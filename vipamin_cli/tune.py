@@ -415,7 +415,7 @@ def resume_backbone(inputs: TuneInputs, out: Path) -> TuneInputs:
     partial = _partial_path(out)
     if inputs.embeddings is not None or inputs.data is None or not partial.exists():
         return inputs  # embeddings carry their backbone; "nothing to resume" is reported later
-    identity = read_metadata(partial)["backbone"]
+    identity = read_metadata(partial, own=True)["backbone"]  # the command's own state, not an input
     load_backbone_from_identity(identity, backbone=inputs.backbone, weights=inputs.weights,
                                 what=f"the resume state {partial}")
     return replace(inputs, backbone=identity["name"],
@@ -596,7 +596,7 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
         if not any(distributed.exchange(partial.exists())):
             raise InputError(f"nothing to resume: {partial} does not exist", "run without --resume")
         if partial.exists():
-            part = load_artifact(partial, "checkpoint", what="--resume state")
+            part = load_artifact(partial, "checkpoint", what="--resume state", own=True)
             if part.meta.get("signature") != signature:
                 raise InputError(f"{partial} belongs to a run with other options or inputs",
                                  "repeat the original command with --resume, or delete the file to start over")
