@@ -907,7 +907,7 @@ def data_get(
     = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be downloaded and unpacked.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Unpack again tasks this command unpacked "
-                                            "before.")] = False,
+                                            "before (refused if you added files to them).")] = False,
     force_download: Annotated[bool, typer.Option("--force-download", help="Download again even if the Hugging "
                                                  "Face cache has the file.")] = False,
 ) -> None:
