@@ -243,6 +243,11 @@ def init(
                                             "map back to token space: none (keep all, float64) | reference (the "
                                             "authors' float32 pinv cutoff, D * 1.19e-7) | a number in (0, 1).")]
     = "none",
+    orth_span_tol: Annotated[str, typer.Option("--orth-span-tol", help="VIPAMIN: relative singular-value "
+                                               "tolerance of the attention-output span's rank: stable (1e-2: "
+                                               "directions float32 statistics determine to 1e-4) | float64 (the "
+                                               "former rule: the full float64 numerical rank) | a number in (0, 1).")]
+    = "stable",
     orth_energy: Annotated[float, typer.Option("--orth-energy", help="VIPAMIN: spectral energy kept when the "
                                                "attention-output span fills the whole space.")] = 0.99,
     orth_rank: Annotated[int | None, typer.Option("--orth-rank", help="VIPAMIN: force a truncated span basis "
@@ -268,7 +273,7 @@ def init(
 
     config = InitConfig(method=method, prompt_length=prompt_length, deep=deep, seed=seed, k=k, lam=lam, orth=orth,
                         orth_scale=orth_scale, orth_rcond=orth_rcond, orth_energy=orth_energy, orth_rank=orth_rank,
-                        sample=sample, spt_windows=spt_windows, token_budget=token_budget,
+                        orth_span_tol=orth_span_tol, sample=sample, spt_windows=spt_windows, token_budget=token_budget,
                         kmeans_iters=kmeans_iters, kmeans_restarts=kmeans_restarts, device=device)
     embed_config = _embed_config(data_seed, resize, dtype, calib_size, sample_images, augment, views, workers,
                                  embed_batch_size, device, deep_stats)
@@ -588,6 +593,9 @@ def benchmark(
                                              "exact,reference.")] = None,
     orth_scale: Annotated[str | None, typer.Option("--orth-scale", help="Comma list: none | match, swept with "
                                                    "--orth. E.g. --orth-scale none,match.")] = None,
+    orth_span_tol: Annotated[str | None, typer.Option("--orth-span-tol", help="Comma list: VIPAMIN's span rank "
+                                                      "tolerance, swept with --orth: stable | float64 | a number. "
+                                                      "E.g. --orth-span-tol float64.")] = None,
     grid_batch: Annotated[int | None, typer.Option("--grid-batch", help="Configurations trained together (memory "
                                                    "bound). E.g. --grid-batch 4.")] = None,
     plot_png: Annotated[bool, typer.Option("--plot/--no-plot", help="Write results.png (needs matplotlib).")] = True,
@@ -609,7 +617,9 @@ def benchmark(
         ("k", _numbers(k, "--k", int) if k is not None else None),
         ("lam", _numbers(lam, "--lambda") if lam is not None else None),
         ("orth", _strings(orth, "--orth") if orth is not None else None),
-        ("orth_scale", _strings(orth_scale, "--orth-scale") if orth_scale is not None else None)) if values}
+        ("orth_scale", _strings(orth_scale, "--orth-scale") if orth_scale is not None else None),
+        ("orth_span_tol", _strings(orth_span_tol, "--orth-span-tol") if orth_span_tol is not None else None))
+        if values}
     spec = BenchmarkSpec(suite=suite, root=root, backbone=backbone, out=out, weights=weights, init_grid=init_grid,
                          methods=tuple(_strings(methods, "--methods")),
                          tasks=_strings(tasks, "--tasks") if tasks is not None else None, preset=preset,

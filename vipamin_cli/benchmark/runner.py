@@ -28,7 +28,7 @@ from .protocol import METHOD_SETUP, METHODS, CellProtocol, cell_recipe, check_re
 from .suites import Suite, Task, resolve_suite
 
 RESULTS_SCHEMA = 1
-INIT_GRID_KEYS = ("k", "lam", "orth", "orth_scale")  # VIPAMIN hyperparameters a benchmark may sweep
+INIT_GRID_KEYS = ("k", "lam", "orth", "orth_scale", "orth_span_tol")  # VIPAMIN hyperparameters a benchmark may sweep
 
 
 @dataclass(frozen=True)
