@@ -376,8 +376,10 @@ def tune(
     init_method: Annotated[str | None, typer.Option("--init", help="Init computed now if --prompts is not given: "
                                                     "vipamin | spt | random (default: the recipe's, vipamin).")]
     = None,
-    init_seed: Annotated[str | None, typer.Option("--init-seed", help="Seed of the init's random draws, or a comma "
-                                                  "list to sweep (default 0). E.g. --init-seed 0,1.")] = None,
+    init_seed: Annotated[str | None, typer.Option("--init-seed", help="Seed of the init's random draws for every "
+                                                  "run, or a comma list to sweep (default: each run's training "
+                                                  "seed, as the authors' global seeding). E.g. --init-seed 0,1.")]
+    = None,
     k: Annotated[str | None, typer.Option("--k", help="VIPAMIN init: K, or a comma list swept with the lr grid "
                                           "(default 8). E.g. --k 2,8,32,128.")] = None,
     lam: Annotated[str | None, typer.Option("--lambda", help="VIPAMIN init: lambda, or a comma list (default 0.5). "
@@ -508,7 +510,8 @@ def tune(
                         embed_config=_embed_config(data_seed, resize, dtype, calib_size, sample_images,
                                                    default_augment(recipe, augment), views, workers,
                                                    embed_batch_size, device, deep_stats),
-                        cache_dir=cache_dir, final_split=final_split, final_embeddings=final_embeddings)
+                        cache_dir=cache_dir, final_split=final_split, final_embeddings=final_embeddings,
+                        follow_seed=init_seed is None)
     outcome = tune_plan(inputs, tune_plan_, out, device=device, resume=resume, grid_batch=grid_batch,
                         precision=precision, compile_mode=compile_)
     typer.echo(str(outcome.checkpoint))

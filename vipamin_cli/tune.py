@@ -56,6 +56,7 @@ class TuneInputs:
     cache_dir: str | os.PathLike | None = None
     final_split: str | None = None  # a split of --data the selected configuration is retrained on
     final_embeddings: str | os.PathLike | None = None  # or its embeddings file
+    follow_seed: bool = True  # each run's init seed is its training seed (inits.seeding); False: init.seed
 
     @property
     def has_final(self) -> bool:
@@ -237,7 +238,7 @@ class _Stage:
 
     name: str
     points: list[GridPoint]
-    prompts: list[torch.Tensor]  # per init index
+    prompts: list[torch.Tensor]  # per grid point (the init it starts from)
     train_xy: tuple[torch.Tensor, ...]  # tokens, labels (, augmented views)
     val_xy: tuple[torch.Tensor, torch.Tensor] | None
     done: list[dict[str, Any]]
@@ -284,7 +285,7 @@ def _run_stage(stage: _Stage, backbone: Any, num_classes: int, pool: str, grid: 
             if set(indices) <= finished:
                 continue
             group_cfgs = [configs[i] for i in indices]
-            group = [build_model(backbone.model, stage.prompts[stage.points[i].init_index], num_classes, c, pool,
+            group = [build_model(backbone.model, stage.prompts[i], num_classes, c, pool,
                                  grid) for i, c in zip(indices, group_cfgs, strict=True)]
             states, opt_states, ema_states = None, None, None
             if data_parallel:  # every rank must continue from the same epoch
@@ -521,12 +522,13 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
     from . import distributed
 
     distributed.sync()  # every rank has its inputs (a rank that could not read them stops all here)
-    sources = []
-    prompts = []
-    for i, init in enumerate(inits):
-        p, src = _main_prompts(inputs, train, base.arch, out, init, suffix=f"-{i}" if len(inits) > 1 else "")
-        prompts.append(p)
-        sources.append(src)
+    from .inits.seeding import init_slots
+
+    follow = inputs.follow_seed and inputs.prompts is None
+    slots = init_slots(inits, [pt.init_index for pt in points], [pt.config.seed for pt in points], follow,
+                       numbered=len(inits) > 1)
+    made = [_main_prompts(inputs, train, base.arch, out, c, s) for c, s in slots.named()]
+    prompts, sources = [m[0] for m in made], [m[1] for m in made]
     pool = base.pool or identity["pool"]
     grid = (identity["img_size"] // identity["patch"],) * 2
     num_classes = len(train.meta["data"]["class_names"])
@@ -580,6 +582,7 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
                                   "train_split": train.meta["data"]["split"],
                                   "val_split": val.meta["data"]["split"] if val else None},
                    "init": sources[0] if len(sources) == 1 else {"grid": sources}, "arch": base.arch, "pool": pool,
+                   "init_seed": slots.rule(inputs.prompts is not None),
                    "grid": list(grid), "num_classes": num_classes,
                    "augment": {"sweep": train.meta.get("augment"),
                                "final": final.meta.get("augment") if final is not None else None},
@@ -595,11 +598,13 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
         common_meta["world_size"] = distributed.world_size()
     models: dict[int, Any] = {}
     if stage_name == "sweep":
-        stage = _Stage("sweep", points, prompts, on_device(train), (val["tokens"], val["labels"]) if val else None,
+        stage = _Stage("sweep", points, [prompts[j] for j in slots.of_point], on_device(train),
+                       (val["tokens"], val["labels"]) if val else None,
                        done, done_tensors, current, current_tensors, done_index)
         models = _run_stage(stage, partial_meta=common_meta | {"signature": signature}, tolerate=len(points) > 1,
                             **run_kw, **_share(len(points), grid_batch))
         done, done_tensors = _gather_stage(stage)
+        slots.record(done, stage.done_index, sources)
         sweep_done = done
     tie_break = base.tie_break
     chosen = select(sweep_done, tie_break) if val is not None else (0, configs[0].lr, configs[0].weight_decay)
@@ -607,7 +612,7 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
                  "then the smaller weight decay, then the earlier init config")
     sweep = {"criterion": criterion,
              "chosen": {"init_index": chosen[0], "lr": chosen[1], "weight_decay": chosen[2],
-                        "init": sources[chosen[0]]["config"]},
+                        "init": sources[slots.first_slot(chosen[0])]["config"]},
              "inits": sources, "runs": sweep_done}
     tensors: dict[str, torch.Tensor] = {}
     runs = []
@@ -624,19 +629,21 @@ def _tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays:
         # Stage 2: the selected point, retrained on the final split per seed, init from that split.
         chosen_cfg = next(pt.config for pt in points if (pt.init_index, pt.config.lr, pt.config.weight_decay)
                           == chosen)
-        final_prompts, final_source = _main_prompts(inputs, final, base.arch, out, inits[chosen[0]],
-                                                       suffix="-final")
+        fslots = init_slots([inits[chosen[0]]], [0] * len(final_seed_list), final_seed_list, follow, "-final")
+        made = [_main_prompts(inputs, final, base.arch, out, c, s) for c, s in fslots.named()]
+        final_source = made[0][1]
         final_points = [GridPoint(0, replace(chosen_cfg, seed=s)) for s in final_seed_list]
         if stage_name == "sweep":
             done, done_tensors, current, current_tensors, done_index = [], {}, None, {}, None
-        stage = _Stage("final", final_points, [final_prompts], on_device(final), None, done, done_tensors,
-                       current, current_tensors, done_index)
+        stage = _Stage("final", final_points, [made[j][0] for j in fslots.of_point], on_device(final), None, done,
+                       done_tensors, current, current_tensors, done_index)
         final_batch = max(1, min(grid_batch, len(final_points)))
         final_models = _run_stage(stage, partial_meta=common_meta | {"signature": signature,
                                                                      "sweep_done": sweep_done},
                                   tolerate=False, **{**run_kw, "grid_batch": final_batch},
                                   **_share(len(final_points), final_batch))
         done, done_tensors = _gather_stage(stage)
+        fslots.record(done, stage.done_index, [m[1] for m in made])
         for j, r in enumerate(done):
             tensors.update({f"run{j}.{k.split('.', 1)[1]}": v for k, v in done_tensors.items()
                             if k.startswith(f"done{j}.")})
