@@ -142,6 +142,11 @@ DeepStatsOpt = Annotated[str, typer.Option("--deep-stats", rich_help_panel=EMBED
                                            "and mean inputs of blocks b >= 1: prompt-free | reference (the VIPAMIN "
                                            "authors' pass with seeded random deep prompts in every block, for deep "
                                            "VIPAMIN), e.g. --deep-stats reference.")]
+DeepStatsPromptsOpt = Annotated[int | None, typer.Option("--deep-stats-prompts", rich_help_panel=EMBED_PANEL,
+                                                        help="Random prompts per block of the --deep-stats "
+                                                        "reference pass (default 20); deep VIPAMIN uses them as its "
+                                                        "queries, so `init --deep -p` must match. E.g. "
+                                                        "--deep-stats-prompts 20.")]
 SptWindowsOpt = Annotated[str, typer.Option("--spt-windows", help="SPT mean/max windows: ours (P-1 windows of "
                                             "N div (P-1) tokens, then the rest) | reference (the official "
                                             "remainder rule: the P-th window is the last N mod w tokens, or all "
@@ -180,6 +185,7 @@ def embed(
     augment: AugmentOpt = None,
     views: ViewsOpt = None,
     deep_stats: DeepStatsOpt = "prompt-free",
+    deep_stats_prompts: DeepStatsPromptsOpt = None,
     workers: WorkersOpt = None,
     cache_dir: CacheOpt = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache (needs --out).")]
@@ -196,6 +202,7 @@ def embed(
 
     config = _embed_config(seed, resize, dtype, calib_size, sample_images, augment, views, workers, batch_size,
                            device, deep_stats)
+    config.deep_stats_prompts = deep_stats_prompts
     result = embed_data(backbone, data, weights=weights, split=split, shots=shots, config=config, out=out,
                         cache_dir=cache_dir, use_cache=not no_cache, image_column=image_column,
                         label_column=label_column)

@@ -216,6 +216,13 @@ class VipaminInit:
             raise InputError(f"--orth-rank {config.orth_rank} is out of range", f"choose 0 <= r < {ctx.dim}")
         if "calib.key_mean" not in ctx.stats:
             raise InputError("the embeddings hold no calibration statistics", "re-run `vipamin embed`")
+        calib_prompts = ctx.stats.get("calib.deep_stats_prompts")
+        if config.deep and calib_prompts is not None and int(calib_prompts.shape[1]) != config.num_prompts:
+            p = int(calib_prompts.shape[1])
+            raise InputError(f"--prompt-length {config.num_prompts} differs from the {p} calibration prompts per "
+                             f"block of these embeddings (embed --deep-stats reference --deep-stats-prompts {p}), "
+                             "which deep VIPAMIN uses as its queries",
+                             f"pass --prompt-length {p}, or re-embed with --deep-stats-prompts {config.num_prompts}")
 
     def init_block(self, ctx: InitContext, block: int, config: InitConfig,
                    generator: torch.Generator) -> BlockInit:
@@ -224,8 +231,11 @@ class VipaminInit:
         x_mean = ctx.stats["calib.block_input_mean"][block].float()  # (T, D)
         patch_keys = ctx.stats["calib.key_mean"][block, npf:].float()  # (N, dh)
 
-        # A. matching ("embedding selection")
-        query = uniform_prompts(p, ctx.dim, ctx.patch, generator)
+        # A. matching ("embedding selection"); with --deep-stats reference statistics, deep VIPAMIN's queries
+        # are the very prompts the calibration pass carried in this block, as in the authors' code.
+        calib_prompts = ctx.stats.get("calib.deep_stats_prompts") if config.deep else None
+        query = calib_prompts[block].float() if calib_prompts is not None else uniform_prompts(p, ctx.dim, ctx.patch,
+                                                                                                generator)
         with torch.no_grad():
             query_keys = head_mean_keys(blk, query)
         sim = F.normalize(query_keys, dim=-1) @ F.normalize(patch_keys, dim=-1).T  # (P, N)
@@ -238,6 +248,7 @@ class VipaminInit:
                                        config.orth_rank, reserve=1 if ln_mode else 0, span_tol=config.orth_span_tol)
         rcond = resolve_rcond(config.orth_rcond, ctx.dim)
         info["rcond"] = rcond
+        info["queries"] = "calibration prompts" if calib_prompts is not None else "drawn"
         fresh = uniform_prompts(p, ctx.dim, ctx.patch, generator)
         w_v, b_v = value_projection(blk)
         value = fresh.double() @ w_v.T + b_v
