@@ -108,7 +108,7 @@ def test_vapt_decay_groups_match_methods_and_optimizer_settings() -> None:
     model = build_model(vit, torch.zeros(3, 64), 10, cfg, "cls", (4, 4))
     groups = decay_groups(model, cfg)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    # METHODS.md §7: every trainable tensor except the head bias decays (LayerNorms and biases included).
+    # docs/methods.md §5: every trainable tensor except the head bias decays (LayerNorms and biases included).
     assert groups["no_decay"] == ["head.bias"] and groups["head"] == []
     assert sorted(groups["decay"]) == sorted(n for n in trainable if n != "head.bias")
     assert any("norm.bias" in n for n in groups["decay"]) and any(n.endswith(".bias") for n in groups["decay"])
@@ -275,7 +275,7 @@ def test_cli_recipe_with_override_recorded_in_checkpoint(emb, tmp_path, cli) -> 
     assert (config["epochs"], config["lr"], config["weight_decay"], meta["arch"]) == (1, 1.0, 0.001, "vapt")
     values = meta["recipe"]["values"]
     assert meta["recipe"]["name"] == "vapt" and values["epochs"]["source"] == "option"
-    assert "METHODS.md §7" in values["batch_size"]["source"]
+    assert "docs/methods.md §5 and §7" in values["batch_size"]["source"]
     assert meta["init"]["method"] == "random"
 
 
