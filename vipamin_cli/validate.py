@@ -27,7 +27,7 @@ LIST_OPTIONS: dict[str, dict[str, type]] = {
     "tune": {"--lr": float, "--weight-decay": float, "--seeds": int, "--k": int, "--lambda": float,
              "--sample": str, "--init-seed": int},
     "benchmark": {"--methods": str, "--tasks": str, "--lr": float, "--weight-decay": float, "--seeds": int,
-                  "--k": int, "--lambda": float, "--orth": str, "--orth-scale": str},
+                  "--k": int, "--lambda": float, "--orth": str, "--orth-scale": str, "--orth-span-tol": str},
 }
 
 
