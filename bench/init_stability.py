@@ -7,7 +7,8 @@ built-in ``mae-vit-tiny-mnist``: once with torch's default CPU kernels and once 
 Then, per init, it reports the relative difference of the prompts computed from the two files
 (``kernels``) and the largest relative move of the prompts when every calibration statistic is
 multiplied by (1 + 1e-6 n), n standard normal, over ``--draws`` draws (``noise``), for VIPAMIN with the
-span rank rule ``float64`` (the former one) and ``stable`` (the default), and for SPT's k-means.
+span rank rule ``float64`` (the former one) and ``stable`` (the default), and for SPT's k-means (its
+tokens, cached in bfloat16 by default, are perturbed after an exact upcast to float32).
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ def _perturbed(ctx, seed: int, level: float):
     gen = torch.Generator().manual_seed(seed)
 
     def noisy(v: torch.Tensor) -> torch.Tensor:
+        """bfloat16 tokens are perturbed in float32 (exact upcast), else the noise would round away."""
         if not v.is_floating_point():
             return v
-        return (v.double() * (1 + level * torch.randn(v.shape, generator=gen, dtype=torch.float64))).to(v.dtype)
+        dtype = torch.float32 if v.dtype == torch.bfloat16 else v.dtype
+        return (v.double() * (1 + level * torch.randn(v.shape, generator=gen, dtype=torch.float64))).to(dtype)
 
     return InitContext(vit=ctx.vit, tokens=noisy(ctx.tokens), stats={k: noisy(v) for k, v in ctx.stats.items()},
                        num_prefix=ctx.num_prefix, patch=ctx.patch, device=ctx.device)
