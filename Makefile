@@ -9,10 +9,14 @@ export HF_DATASETS_OFFLINE ?= 1
 
 .PHONY: venv demo demo-pipeline test lint bench clean testbed-backbone testbed benchmark-testbed benchmark-long
 
-$(STAMP): pyproject.toml
+# constraints.txt pins the exact tested set (torch, timm, ...); pyproject.toml only declares ranges.
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: make installs the tested set \
+	(constraints.txt), which needs Python 3.11 or newer; run with PYTHON=python3.11, or install into your own \
+	environment with pip install -e . (README)" >&2; exit 2; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
 venv: $(STAMP)

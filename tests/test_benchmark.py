@@ -44,6 +44,7 @@ def test_benchmark_writes_results_table_and_plot_and_skips_finished_cells(tiny_t
         assert cell["selected"]["lr"] in (0.5, 2.0) and cell["timing"]["total_s"] > 0
         if cell["method"] != "linear":  # the final runs trained on train800val200 (16 + 8 images)
             assert all(len(r["history"]) == 1 for r in runs)
+            assert [r["init_seed"] for r in runs] == [1, 2], key  # each final seed redrew its init
     table = (out / "table.md").read_text()
     assert table == stdout
     row = next(line for line in table.splitlines() if line.startswith("| vipamin |"))
@@ -143,7 +144,7 @@ def test_benchmark_named_recipe_reaches_the_cell_and_a_changed_recipe_is_refused
         assert code == 2 and "cell mnist/linear" in stderr and "was run with other options" in stderr, stderr
 
 
-def test_benchmark_cell_signature_without_recipe_is_unchanged(tiny_testbed) -> None:
+def test_benchmark_cell_signature_keys(tiny_testbed) -> None:
     from vipamin_cli.benchmark.inputs import task_inputs
     from vipamin_cli.benchmark.runner import BenchmarkSpec, cell_signature, protocols
     from vipamin_cli.benchmark.suites import resolve_suite
@@ -153,13 +154,17 @@ def test_benchmark_cell_signature_without_recipe_is_unchanged(tiny_testbed) -> N
     spec = BenchmarkSpec(suite="testbed", root=tiny_testbed, backbone="vit-tiny-test", out="o", preset="quick")
     preset, cells = protocols(spec, ["random", "vipamin"])
     for method in ("random", "vipamin"):
-        assert set(cell_signature(task, method, preset, spec, cells[method], inputs=inputs)) == {
-            "task", "method", "backbone", "weights", "preset", "init_grid", "calib_size", "inputs"}
+        sig = cell_signature(task, method, preset, spec, cells[method], inputs=inputs)
+        assert set(sig) == {"task", "method", "backbone", "weights", "preset", "init_grid", "calib_size", "inputs",
+                            "init_rules"}
+        # cells computed before the init seed followed the training seed (or before the span rule) are refused
+        assert sig["init_rules"] == {"init_seed": "the training seed", "orth_span_tol": "stable"}
     spec = BenchmarkSpec(suite="testbed", root=tiny_testbed, backbone="vit-tiny-test", out="o", recipe="own")
     preset, cells = protocols(spec, ["vipamin"])
     sig = cell_signature(task, "vipamin", preset, spec, cells["vipamin"], inputs=inputs)
     assert preset is None and set(sig) == {
-        "task", "method", "backbone", "weights", "recipe", "cell_recipe", "protocol", "calib_size", "inputs"}
+        "task", "method", "backbone", "weights", "recipe", "cell_recipe", "protocol", "calib_size", "inputs",
+        "init_rules"}
     assert json.loads(json.dumps(sig)) == sig  # the cell folder's signature.json reads back equal: resumable
 
 

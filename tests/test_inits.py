@@ -147,7 +147,8 @@ def test_exact_ln_values_are_orthogonal_through_layer_norm(embeddings, tmp_path,
 def test_exact_ln_falls_back_when_the_span_fills_the_space() -> None:
     vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=0).eval()
     ctx = _synthetic_context(vit, 1)
-    _, info = run_init(ctx, InitConfig(method="vipamin", prompt_length=4, k=2, orth="exact-ln", orth_energy=0.9))
+    _, info = run_init(ctx, InitConfig(method="vipamin", prompt_length=4, k=2, orth="exact-ln", orth_energy=0.9,
+                                       orth_span_tol="float64"))  # every direction: the span fills the space
     assert info["truncated"] and info["span_rank"] == 16 and 1 <= info["rank_used"] <= 14
     assert info["orth_in_span_ln"] < 1e-6
 
@@ -191,9 +192,10 @@ def test_orth_rcond_reference_is_the_float32_pinv_cutoff(embeddings, tmp_path) -
 def test_full_span_falls_back_to_truncated_basis() -> None:
     vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=0).eval()
     ctx = _synthetic_context(vit, 1)
-    tensors, info = run_init(ctx, InitConfig(method="vipamin", prompt_length=4, k=2, orth_energy=0.9))
+    tensors, info = run_init(ctx, InitConfig(method="vipamin", prompt_length=4, k=2, orth_energy=0.9,
+                                             orth_span_tol="float64"))  # every direction: the span fills the space
     assert info["truncated"] and info["span_rank"] == 16 and 1 <= info["rank_used"] < 16
-    _, forced = run_init(ctx, InitConfig(method="vipamin", prompt_length=4, k=2, orth_rank=3))
+    _, forced = run_init(ctx, InitConfig(method="vipamin", prompt_length=4, k=2, orth_rank=3, orth_span_tol="float64"))
     assert forced["rank_used"] == 3 and forced["truncated"]
 
 

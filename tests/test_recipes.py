@@ -108,7 +108,7 @@ def test_vapt_decay_groups_match_methods_and_optimizer_settings() -> None:
     model = build_model(vit, torch.zeros(3, 64), 10, cfg, "cls", (4, 4))
     groups = decay_groups(model, cfg)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    # METHODS.md §7: every trainable tensor except the head bias decays (LayerNorms and biases included).
+    # docs/methods.md §5: every trainable tensor except the head bias decays (LayerNorms and biases included).
     assert groups["no_decay"] == ["head.bias"] and groups["head"] == []
     assert sorted(groups["decay"]) == sorted(n for n in trainable if n != "head.bias")
     assert any("norm.bias" in n for n in groups["decay"]) and any(n.endswith(".bias") for n in groups["decay"])
@@ -212,12 +212,15 @@ def test_final_split_trains_on_final_images_with_each_seed_and_resumes(vtab, tmp
     final_emb = embed_data("vit-tiny-test", str(vtab), split="train800val200", config=EmbedConfig(calib_size=16))
     assert load_artifact(final_emb.path)["labels"].numel() == 70
     lr = ckpt.meta["selection"]["lr"]
-    alone = tune(TuneInputs(embeddings=final_emb.path, prompts=tmp_path / "full.prompts-final.safetensors"),
-                 TuneConfig(batch_size=16, **QUICK), [lr], [0.01], [42, 44], tmp_path / "alone.safetensors",
-                 device="cpu", show_progress=False)
-    other = load_artifact(alone.checkpoint)
-    for k in ckpt.tensors:
-        torch.testing.assert_close(ckpt[k], other[k], msg=k)
+    # Each final seed redrew its init with that seed (the authors' global seeding): one prompts file per seed.
+    assert [r["init_seed"] for r in ckpt.meta["runs"]] == [42, 44] and ckpt.meta["init_seed"] == "the training seed"
+    for j, seed in enumerate((42, 44)):
+        prompts = tmp_path / f"full.prompts-final-s{seed}.safetensors"
+        alone = tune(TuneInputs(embeddings=final_emb.path, prompts=prompts), TuneConfig(batch_size=16, **QUICK), [lr],
+                     [0.01], [seed], tmp_path / f"alone{seed}.safetensors", device="cpu", show_progress=False)
+        other = load_artifact(alone.checkpoint)
+        for k in other.tensors:
+            torch.testing.assert_close(ckpt[k.replace("run0.", f"run{j}.")], other[k], msg=k)
     result = evaluate(full.checkpoint, backbone="vit-tiny-test", data=str(vtab), split="test",
                       embed_config=EmbedConfig(calib_size=16), device="cpu")
     assert [r["seed"] for r in result["runs"]] == [42, 44] and "std" in result["summary"]["top1"]
@@ -272,7 +275,7 @@ def test_cli_recipe_with_override_recorded_in_checkpoint(emb, tmp_path, cli) -> 
     assert (config["epochs"], config["lr"], config["weight_decay"], meta["arch"]) == (1, 1.0, 0.001, "vapt")
     values = meta["recipe"]["values"]
     assert meta["recipe"]["name"] == "vapt" and values["epochs"]["source"] == "option"
-    assert "METHODS.md §7" in values["batch_size"]["source"]
+    assert "docs/methods.md §5 and §7" in values["batch_size"]["source"]
     assert meta["init"]["method"] == "random"
 
 

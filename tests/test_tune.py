@@ -162,8 +162,9 @@ def test_resume_after_interruption_equals_uninterrupted(emb, tmp_path) -> None:
 
     out = tmp_path / "cut.safetensors"
     base = TuneConfig(epochs=4, warmup_epochs=1, prompt_dropout=0.1, arch="vapt")
-    inputs = TuneInputs(embeddings=emb["train"], val_embeddings=emb["val"], prompts=full.sweep and
-                        tmp_path / "full.prompts.safetensors")
+    assert [r["init_seed"] for r in full.sweep["runs"]] == [42, 44]  # one init draw per training seed
+    inputs = TuneInputs(embeddings=emb["train"], val_embeddings=emb["val"],
+                        init=InitConfig(method="random", prompt_length=5))  # the same per-seed draws as ``full``
     with pytest.raises(Interrupted, match="--resume"):
         tune(inputs, base, [1.0], [0.01], [42, 44], out, device="cpu", show_progress=False, on_epoch=stop,
              grid_batch=1)

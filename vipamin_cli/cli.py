@@ -32,6 +32,7 @@ from .options import (  # the options several commands share, defined once with 
     DataSeedOpt,
     DataSource,
     DeepStatsOpt,
+    DeepStatsPromptsOpt,
     DeviceOpt,
     DtypeOpt,
     EmbedBatchOpt,
@@ -170,10 +171,10 @@ def main_options(
 
 def _embed_config(seed: int, resize: str, dtype: str, calib_size: int, sample_images: int, augment: str | None,
                   views: int | None, workers: int | None, batch_size: int, device: str,
-                  deep_stats: str = "prompt-free") -> Any:
+                  deep_stats: str = "prompt-free", deep_stats_prompts: int | None = None) -> Any:
     """The EmbedConfig of the embedding options as embed and eval spell them (augment None = none)."""
     return Embedding(resize=resize, dtype=dtype, calib_size=calib_size, sample_images=sample_images, augment=augment,
-                     views=views, deep_stats=deep_stats, workers=workers,
+                     views=views, deep_stats=deep_stats, deep_stats_prompts=deep_stats_prompts, workers=workers,
                      embed_batch_size=batch_size).config(seed, device)
 
 
@@ -196,6 +197,7 @@ def embed(
     augment: AugmentOpt = None,
     views: ViewsOpt = None,
     deep_stats: DeepStatsOpt = "prompt-free",
+    deep_stats_prompts: DeepStatsPromptsOpt = None,
     workers: WorkersOpt = None,
     cache_dir: CacheOpt = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache (needs --out).")]
@@ -211,7 +213,7 @@ def embed(
     from .embed import embed_data
 
     config = _embed_config(seed, resize, dtype, calib_size, sample_images, augment, views, workers, batch_size,
-                           device, deep_stats)
+                           device, deep_stats, deep_stats_prompts)
     result = embed_data(backbone, data, weights=weights, split=split, shots=shots, config=config, out=out,
                         cache_dir=cache_dir, use_cache=not no_cache, image_column=image_column,
                         label_column=label_column)
@@ -321,7 +323,8 @@ def _init_grid(lists: dict[str, tuple[str | None, str, type]]) -> list[dict[str,
 def _vipamin_lists(grid: VipaminGrid) -> dict[str, tuple[str | None, str, type]]:
     """VIPAMIN's init options as (comma list, option, kind) by InitConfig field (tune, benchmark)."""
     return {"k": (grid.k, "--k", int), "lam": (grid.lam, "--lambda", float), "orth": (grid.orth, "--orth", str),
-            "orth_scale": (grid.orth_scale, "--orth-scale", str), "orth_rcond": (grid.orth_rcond, "--orth-rcond", str)}
+            "orth_scale": (grid.orth_scale, "--orth-scale", str), "orth_rcond": (grid.orth_rcond, "--orth-rcond", str),
+            "orth_span_tol": (grid.orth_span_tol, "--orth-span-tol", str)}
 
 
 @app.command(epilog="Examples: vipamin tune --recipe vipamin --backbone mae-vit-b --data ./vtab/dtd --split train800 "
@@ -385,7 +388,7 @@ def tune(
                         embed_config=embedding.config(source.data_seed, device,
                                                       default_augment(recipe, embedding.augment)),
                         cache_dir=source.cache_dir, final_split=selection.final_split,
-                        final_embeddings=selection.final_embeddings)
+                        final_embeddings=selection.final_embeddings, follow_seed=grid.init_seed is None)
     outcome = tune_plan(inputs, plan, out, device=device, resume=resume, grid_batch=grid_batch,
                         precision=precision, compile_mode=compile_)
     typer.echo(str(outcome.checkpoint))
@@ -511,6 +514,7 @@ def eval_(
     augment: AugmentOpt = None,
     views: ViewsOpt = None,
     deep_stats: DeepStatsOpt = "prompt-free",
+    deep_stats_prompts: DeepStatsPromptsOpt = None,
     workers: WorkersOpt = None,
     embed_batch_size: EmbedBatchOpt = 64,
 ) -> None:
@@ -529,7 +533,8 @@ def eval_(
             output_path(path, option, inputs)
     result = evaluate(checkpoint, embeddings=embeddings, backbone=backbone, data=data, weights=weights, split=split,
                       embed_config=_embed_config(data_seed, resize, dtype, calib_size, sample_images, augment,
-                                                 views, workers, embed_batch_size, device, deep_stats),
+                                                 views, workers, embed_batch_size, device, deep_stats,
+                                                 deep_stats_prompts),
                       cache_dir=cache_dir, device=device)
     text = json.dumps(result, indent=2)
     if out is not None:

@@ -47,6 +47,7 @@ class EmbedConfig:
     sample_images: int = 32
     seed: int = 0
     deep_stats: str = "prompt-free"  # reference: keys and Xbar of blocks b >= 1 with random deep prompts inserted
+    deep_stats_prompts: int | None = None  # prompts per block of the reference pass (default 20; deep init's P)
     batch_size: int = 64
     device: str = "auto"
     workers: int | None = None
@@ -81,6 +82,11 @@ class EmbedConfig:
         if self.augment not in AUGMENTS:
             raise InputError(f"unknown --augment '{self.augment}'", f"use one of {', '.join(AUGMENTS)}")
         v.integer(self.views, "--views", minimum=1, maximum=256, example=8, optional=True)
+        v.integer(self.deep_stats_prompts, "--deep-stats-prompts", minimum=1, maximum=4096, example=20, optional=True)
+        if self.deep_stats_prompts is not None and self.deep_stats != "reference":
+            raise InputError(f"--deep-stats-prompts {self.deep_stats_prompts} needs --deep-stats reference "
+                             "(the prompts of the reference calibration pass)",
+                             "add --deep-stats reference, or drop --deep-stats-prompts")
         if self.views is not None and self.augment == "none":
             raise InputError(f"--views {self.views} needs --augment fgvc (views are augmented copies)",
                              "add --augment fgvc, or drop --views")
@@ -250,18 +256,20 @@ class CalibrationRecorder:
 def deep_stats_prompts(config: EmbedConfig, depth: int, dim: int, patch: int) -> torch.Tensor | None:
     """The random deep prompts (L, P, D) of the ``--deep-stats reference`` pass, or None.
 
-    VPT's uniform init (bound sqrt(6 / (3 p^2 + D))), P = the deep prompt count default, drawn
+    VPT's uniform init (bound sqrt(6 / (3 p^2 + D))), P = ``--deep-stats-prompts`` (default 20), drawn
     in one call from a generator seeded with embed's ``--seed``, so the statistics are reproducible.
+    Deep VIPAMIN takes block b's queries from them, as the authors' code does.
     """
     import torch
 
-    from .inits.base import DEFAULT_DEEP_PROMPTS, vpt_bound
+    from .inits.base import vpt_bound
 
     if config.deep_stats != "reference":
         return None
     bound = vpt_bound(patch, dim)
     gen = torch.Generator().manual_seed(config.seed)
-    return torch.empty(depth, DEFAULT_DEEP_PROMPTS, dim, dtype=torch.float32).uniform_(-bound, bound, generator=gen)
+    count = _deep_prompt_count(config)
+    return torch.empty(depth, count, dim, dtype=torch.float32).uniform_(-bound, bound, generator=gen)
 
 
 def embeddings_key(backbone: Backbone, data_fingerprint: str, preprocessing: dict[str, Any],
@@ -273,7 +281,7 @@ def embeddings_key(backbone: Backbone, data_fingerprint: str, preprocessing: dic
         "data": data_fingerprint, "preprocessing": preprocessing,
         "dtype": config.dtype, "calib_size": config.calib_size, "sample_images": config.sample_images,
         "seed": config.seed, "calib_precision": CALIB_PRECISION,
-        **({"deep_stats": config.deep_stats, "deep_stats_prompts": _deep_prompt_count()}
+        **({"deep_stats": config.deep_stats, "deep_stats_prompts": _deep_prompt_count(config)}
            if config.deep_stats != "prompt-free" else {}),  # the default adds nothing here
     }
     if augment is not None:
@@ -281,10 +289,14 @@ def embeddings_key(backbone: Backbone, data_fingerprint: str, preprocessing: dic
     return content_key(fields)
 
 
-def _deep_prompt_count() -> int:
+def _deep_prompt_count(config: EmbedConfig) -> int:
+    """Prompts per block of the ``--deep-stats reference`` pass (0 without it); deep VIPAMIN uses them as
+    its queries, so `init --deep` must ask for the same number."""
     from .inits.base import DEFAULT_DEEP_PROMPTS
 
-    return DEFAULT_DEEP_PROMPTS
+    if config.deep_stats != "reference":
+        return 0
+    return config.deep_stats_prompts or DEFAULT_DEEP_PROMPTS
 
 
 def compute_embeddings(backbone: Backbone, image_set: ImageSet, config: EmbedConfig, preprocessing: dict[str, Any],
@@ -470,7 +482,7 @@ def _write(backbone: Backbone, image_set: ImageSet, config: EmbedConfig, preproc
         "calibration": {"size": int(tensors["calib.index"].numel()),
                         "sample_images": int(tensors["calib.sample_index"].numel()), "seed": config.seed,
                         "deep_stats": config.deep_stats, "precision": CALIB_PRECISION,
-                        "deep_stats_prompts": _deep_prompt_count() if config.deep_stats == "reference" else 0},
+                        "deep_stats_prompts": _deep_prompt_count(config)},
         "config": {k: v for k, v in asdict(config).items()
                    if k not in ("device", "workers", "batch_size", "augment", "views")},
         "augment": augment,

@@ -110,6 +110,9 @@ def explain(prompts_path: str | os.PathLike, png: str | os.PathLike | None = Non
     out["orth_rank_used"] = [i["rank_used"] for i in infos]
     out["orth_truncated"] = any(i["truncated"] for i in infos)
     out["orth_forced_rank"] = infos[0].get("forced_rank")
+    if all("span_tol" in i for i in infos):  # the span's rank rule (docs/methods.md §3, "The span's rank")
+        out["orth_span_tol"] = infos[0]["span_tol"]
+        out["orth_span_rank_float64"] = [i["span_rank_float64"] for i in infos]
     out["orth_mode"] = meta["config"].get("orth", "exact")
     out["orth_scale"] = meta["config"].get("orth_scale", "none")
     if all("orth_in_span_ln" in i for i in infos):  # measured through LN1, as block b computes values
@@ -132,6 +135,14 @@ def explain(prompts_path: str | os.PathLike, png: str | os.PathLike | None = Non
     return out
 
 
+def _span_rule(summary: dict[str, Any]) -> str:
+    """Which directions the span kept, when the prompts file records the rule."""
+    if "orth_span_tol" not in summary:
+        return ""
+    return (f" (singular values above {summary['orth_span_tol']:.1e} of the largest; "
+            f"{summary['orth_span_rank_float64']} at float64 precision)")
+
+
 def render_explanation(summary: dict[str, Any]) -> list[str]:
     """Plain sentences a user can read in a terminal."""
     lines = [f"method {summary['method']}{' (deep)' if summary['deep'] else ''}, prompts "
@@ -149,7 +160,7 @@ def render_explanation(summary: dict[str, Any]) -> list[str]:
         lines.append(f"orthogonal part (--orth {summary.get('orth_mode', 'exact')}): {summary['orth_in_span']:.2e} "
                      f"of its value vector lies in the pretrained attention-output span, versus "
                      f"{summary['random_in_span']:.2f} for a random token; span rank "
-                     f"{summary['orth_rank_used']}{trunc}")
+                     f"{summary['orth_rank_used']}{trunc}{_span_rule(summary)}")
         if "orth_in_span_ln" in summary:
             lines.append(f"through LayerNorm 1 (as the block computes values): {summary['orth_in_span_ln']:.2e} in the "
                          f"span, versus {summary['random_in_span_ln']:.2f} for a random token")

@@ -99,6 +99,10 @@ WorkersOpt = Annotated[int | None, Opt("--workers", panel=EMBED, help="Image dec
 DeepStatsOpt = Annotated[str, Opt("--deep-stats", panel=EMBED, help="Calibration keys and mean inputs of blocks "
                                      "b >= 1: prompt-free | reference (the VIPAMIN authors' pass with seeded random "
                                      "deep prompts in every block, for deep VIPAMIN), e.g. --deep-stats reference.")]
+DeepStatsPromptsOpt = Annotated[int | None, Opt("--deep-stats-prompts", panel=EMBED, help="Random prompts per "
+                                                "block of the --deep-stats reference pass (default 20); deep VIPAMIN "
+                                                "uses them as its queries, so `init --deep -p` must match. E.g. "
+                                                "--deep-stats-prompts 20.")]
 EmbedBatchOpt = Annotated[int, Opt("--embed-batch-size", panel=EMBED, help="Images per forward batch when "
                                       "embedding. E.g. --embed-batch-size 64.")]
 
@@ -135,6 +139,10 @@ ORTH_SCALE = InitChoice("--orth-scale", "VIPAMIN: none | match (rescale each ort
 ORTH_RCOND = InitChoice("--orth-rcond", "VIPAMIN: relative singular-value cutoff of the map back to token space: "
                         "none (keep all, float64) | reference (the authors' float32 pinv cutoff, D * 1.19e-7) | a "
                         "number in (0, 1)", "none", "reference", "none,reference")
+ORTH_SPAN_TOL = InitChoice("--orth-span-tol", "VIPAMIN: relative singular-value tolerance of the attention-output "
+                           "span's rank: stable (1e-2: directions float32 statistics determine to 1e-4) | float64 "
+                           "(the former rule: the full float64 numerical rank) | a number in (0, 1)", "stable",
+                           "float64", "stable,float64")
 SAMPLE = InitChoice("--sample", "SPT: random | mean | max | kmeans", "kmeans", "kmeans", "random,kmeans")
 
 KOpt, KListOpt = K.one(int), K.many()
@@ -142,6 +150,7 @@ LambdaOpt, LambdaListOpt = LAMBDA.one(float), LAMBDA.many()
 OrthOpt, OrthListOpt = ORTH.one(str), ORTH.many()
 OrthScaleOpt, OrthScaleListOpt = ORTH_SCALE.one(str), ORTH_SCALE.many()
 OrthRcondOpt, OrthRcondListOpt = ORTH_RCOND.one(str), ORTH_RCOND.many()
+OrthSpanTolOpt, OrthSpanTolListOpt = ORTH_SPAN_TOL.one(str), ORTH_SPAN_TOL.many()
 SampleOpt, SampleListOpt = SAMPLE.one(str), SAMPLE.many()
 
 # Init options that take one value everywhere.
@@ -204,7 +213,8 @@ InitMethodOpt = Annotated[str | None, Opt("--init", panel=INIT, help=f"Init comp
                                              f"given: {INIT_METHODS} (default: the recipe's, vipamin). E.g. --init "
                                              "spt.")]
 InitSeedListOpt = Annotated[str | None, Opt("--init-seed", panel=INIT, help="Seed of the init's random draws "
-                                               "(default 0), or a comma list swept as init candidates. E.g. "
+                                               "for every run, or a comma list swept as init candidates (default: "
+                                               "each run's training seed, as the authors' global seeding). E.g. "
                                                "--init-seed 0,1.")]
 ArchOpt = Annotated[str | None, Opt("--arch", panel=PROMPTS, help="vpt-shallow | vpt-deep | vapt | full (full "
                                        "fine-tuning: every weight after block 0, no prompts; one configuration at "
@@ -337,6 +347,7 @@ class Embedding:
     augment: AugmentOpt = None
     views: ViewsOpt = None
     deep_stats: DeepStatsOpt = "prompt-free"
+    deep_stats_prompts: DeepStatsPromptsOpt = None
     workers: WorkersOpt = None
     embed_batch_size: EmbedBatchOpt = 64
 
@@ -347,7 +358,8 @@ class Embedding:
         return EmbedConfig(resize=self.resize, dtype=self.dtype, calib_size=self.calib_size,
                            sample_images=self.sample_images, seed=seed, batch_size=self.embed_batch_size,
                            device=device, workers=self.workers, augment=(augment or self.augment) or "none",
-                           views=self.views, deep_stats=self.deep_stats)
+                           views=self.views, deep_stats=self.deep_stats,
+                           deep_stats_prompts=self.deep_stats_prompts)
 
 
 @option_group
@@ -359,6 +371,7 @@ class InitValues:
     orth: OrthOpt = "exact"
     orth_scale: OrthScaleOpt = "none"
     orth_rcond: OrthRcondOpt = "none"
+    orth_span_tol: OrthSpanTolOpt = "stable"
     sample: SampleOpt = "kmeans"
 
 
@@ -371,6 +384,7 @@ class VipaminGrid:
     orth: OrthListOpt = None
     orth_scale: OrthScaleListOpt = None
     orth_rcond: OrthRcondListOpt = None
+    orth_span_tol: OrthSpanTolListOpt = None
 
 
 @option_group

@@ -3,7 +3,7 @@
 A recipe fixes every training default of one paper's code (optimiser, schedule, batch, epochs,
 prompt length, weight-decay groups, EMA, head init, the lr / weight-decay grids, the init sweep,
 the final seeds and the tie-break), each value with where it comes from: a section of
-``METHODS.md`` (the project's methods reference, written from the papers and their code). Explicit
+docs/methods.md (which says what each paper and its code do) and the paper. Explicit
 options override a recipe value; selection is always on validation, never on test, whatever the
 reference code did. Without a recipe, vipamin's defaults are the VIPAMIN recipe.
 """
@@ -71,13 +71,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-M6 = "METHODS.md §6 (training recipe used by VIPAMIN's code, from VPT)"
-M6V = "METHODS.md §6 (VPT's own recipe and VAPT's)"
-M7V = "METHODS.md §7 (VAPT recipe)"
-M7S = "METHODS.md §7 (SPT recipe)"
-M3S = "METHODS.md §3 (SPT's own recipe)"
-M7P = "METHODS.md §7 (VIPAMIN sweep)"
-DEFAULT = "vipamin default (not stated in METHODS.md)"
+# Sources: docs/methods.md sections (§7: the named recipes table; §5: where the authors' code and the paper
+# differ) and the papers. Users have both; the project's internal notes are not cited.
+M6 = "docs/methods.md §7 (vipamin recipe: VIPAMIN's code, from VPT; Park & Chung, NeurIPS 2025)"
+M6V = "docs/methods.md §7 (vpt recipe: VPT's own protocol, also VAPT's; Jia et al., ECCV 2022)"
+M7V = "docs/methods.md §5 and §7 (vapt recipe: the authors' code; Le et al., ICLR 2026)"
+M7S = "docs/methods.md §5 and §7 (spt recipe: the authors' code; Wang et al., ICML 2024)"
+M3S = "docs/methods.md §7 (spt recipe: Wang et al., ICML 2024)"
+M7P = "docs/methods.md §5 and §7 (VIPAMIN sweep: (K, lambda) x lr, as the authors' code)"
+DEFAULT = "vipamin default (no paper or reference code states it; docs/methods.md §7)"
 SPT_HEAD_WD = M7S + ": head weight decay 0.5 MAE, 3.0 MoCo/supervised (resolved from the backbone family)"
 VIPAMIN_LRS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 VPT_LRS = (50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05)
@@ -93,7 +95,7 @@ def _common(source: str, **over: Value) -> dict[str, Value]:
         "schedule_step": Value("epoch", source), "lr_floor": Value(0.0, source),
         "lr_scaling": Value("batch256", source), "drop_last": Value(False, DEFAULT),
         "ema": Value(0.0, DEFAULT), "head_weight_decay": Value(None, DEFAULT),
-        "head_init": Value("kaiming", "METHODS.md §1 (linear head: kaiming-normal fan_out, bias 0)"),
+        "head_init": Value("kaiming", "docs/methods.md §5 (head init: kaiming-normal fan_out, bias 0)"),
         "betas": Value((0.9, 0.999), source), "eps": Value(1e-6, source), "momentum": Value(0.9, source),
     }
     return base | over
@@ -103,37 +105,41 @@ RECIPES: dict[str, Recipe] = {
     "vipamin": Recipe(
         name="vipamin",
         description="VIPAMIN (Park & Chung, NeurIPS 2025): AdamW on VPT's schedule, 63-run (K, lambda) x lr sweep",
-        config=_common(M6, arch=Value("vpt-shallow", "METHODS.md §2 (shallow case; deep repeats per block)"),
+        config=_common(M6, arch=Value("vpt-shallow", "docs/methods.md §3 and §4 (shallow; deep repeats per block)"),
                        optimizer=Value("adamw", M6), batch_size=Value(32, M6),
-                       prompt_dropout=Value(0.0, "METHODS.md §1 (0.0 in the VIPAMIN recipe)"),
+                       prompt_dropout=Value(0.0, "docs/methods.md §7 (0 in the VIPAMIN recipe)"),
                        decay_groups=Value("matrices", M6 + ": prompts and head weight, none on biases"),
                        tie_break=Value("smaller-lr", DEFAULT)),
         lrs=Value(VIPAMIN_LRS, M6), weight_decays=Value((0.01,), M6), seeds=Value((42,), DEFAULT),
-        final_seeds=Value((42, 44, 82), M6), init_method=Value("vipamin", "METHODS.md §2"),
-        init_grid=Value(VIPAMIN_INIT_GRID, M7P + " and §2C"),
+        final_seeds=Value((42, 44, 82), M6),
+        init_method=Value("vipamin", "docs/methods.md §3 (Park & Chung, NeurIPS 2025)"),
+        init_grid=Value(VIPAMIN_INIT_GRID, M7P + "; the mix: §3 C"),
         prompt_length=Value({"vpt-shallow": 100, "vpt-deep": 20, "vapt": 10},
-                            "METHODS.md §2 (P = 100 shallow, 20 deep); §4 (VAPT P = 10)"),
+                            "docs/methods.md §4 and §7 (P = 100 shallow, 20 deep, VAPT 10)"),
         notes=("calibration: vipamin uses its seeded --calib-size subset (the authors: first shuffled batch of 256, "
-               "unseeded; METHODS.md §7)",)),
+               "unseeded; docs/methods.md §5)",)),
     "vpt": Recipe(
         name="vpt",
         description="VPT (Jia et al., ECCV 2022): SGD momentum 0.9 over a 10 x 4 lr / weight-decay grid",
-        config=_common(M6V, arch=Value("vpt-shallow", "METHODS.md §1"), optimizer=Value("sgd", M6V),
+        config=_common(M6V, arch=Value("vpt-shallow", "docs/methods.md §4 (Jia et al., ECCV 2022)"),
+                       optimizer=Value("sgd", M6V),
                        batch_size=Value(64, M6V + " (batch 64, given for VAPT)"),
-                       prompt_dropout=Value(0.1, "METHODS.md §1 (0.1 in VPT)"),
-                       decay_groups=Value("all-but-head-bias", "assumed as VAPT's VPT-derived code, METHODS.md §7"),
-                       tie_break=Value("larger-lr", "assumed as VAPT's VPT-derived code, METHODS.md §7")),
+                       prompt_dropout=Value(0.1, "docs/methods.md §7 (0.1 in VPT)"),
+                       decay_groups=Value("all-but-head-bias",
+                                          "assumed as VAPT's VPT-derived code, docs/methods.md §5"),
+                       tie_break=Value("larger-lr", "assumed as VAPT's VPT-derived code, docs/methods.md §5")),
         lrs=Value(VPT_LRS, M6V), weight_decays=Value(VPT_WDS, M6V), seeds=Value((42,), DEFAULT),
         final_seeds=Value((42, 44, 82, 100, 800), M6V + " (5 seeds; values as VAPT's, §7)"),
-        init_method=Value("random", "METHODS.md §1 (uniform xavier bound)"), init_grid=Value(({},), DEFAULT),
-        prompt_length=Value(dict(PROMPTS), "METHODS.md §2 (P = 100 shallow, 20 deep as the VIPAMIN runs of VPT)"),
-        notes=("the reference head bias init -log(99) (METHODS.md §1) is not reproduced: bias 0",
-               "VPT's AdamW hard-codes weight decay 0.01 and switches to SGD at weight decay 0 (METHODS.md §7): "
+        init_method=Value("random", "docs/methods.md §1 (uniform xavier bound)"), init_grid=Value(({},), DEFAULT),
+        prompt_length=Value(dict(PROMPTS),
+                            "docs/methods.md §4 and §7 (P = 100 shallow, 20 deep as the VIPAMIN runs of VPT)"),
+        notes=("the reference head bias init -log(99) (docs/methods.md §5) is not reproduced: bias 0",
+               "VPT's AdamW hard-codes weight decay 0.01 and switches to SGD at weight decay 0 (docs/methods.md §5): "
                "not reproduced, the recipe is SGD throughout")),
     "spt": Recipe(
         name="spt",
         description="SPT (Wang et al., ICML 2024): AdamW, per-iteration cosine, separate head weight decay, EMA",
-        config=_common(M3S, arch=Value("vpt-shallow", "METHODS.md §3"), optimizer=Value("adamw", M3S),
+        config=_common(M3S, arch=Value("vpt-shallow", "docs/methods.md §2 and §4"), optimizer=Value("adamw", M3S),
                        batch_size=Value(32, M3S), prompt_dropout=Value(0.0, M3S),
                        eps=Value(1e-8, M7S), lr_scaling=Value("none", M7S + ": no batch/256 lr scaling"),
                        schedule_step=Value("iteration", M7S + ": cosine stepped per iteration"),
@@ -144,27 +150,28 @@ RECIPES: dict[str, Recipe] = {
                        decay_groups=Value("matrices", DEFAULT), tie_break=Value("smaller-lr", DEFAULT)),
         lrs=Value(VIPAMIN_LRS, DEFAULT + ": VIPAMIN's grid, unscaled"), weight_decays=Value((0.01,), DEFAULT),
         seeds=Value((42,), DEFAULT), final_seeds=Value((42, 44, 82), DEFAULT + ": VIPAMIN's final seeds"),
-        init_method=Value("spt", "METHODS.md §3"), init_grid=Value(({},), DEFAULT),
-        prompt_length=Value(dict(PROMPTS), "METHODS.md §3 (P = 100 shallow, 20 deep)"),
+        init_method=Value("spt", "docs/methods.md §2 (Wang et al., ICML 2024)"), init_grid=Value(({},), DEFAULT),
+        prompt_length=Value(dict(PROMPTS), "docs/methods.md §7 (P = 100 shallow, 20 deep)"),
         head_weight_decay_by_family=Value({"mae": 0.5, "default": 3.0}, SPT_HEAD_WD),
         pool_by_family=Value({"mae": "mean-all-norm"}, M7S + ": SPT's MAE head is the mean over prompts and "
                              "patches, then the pretrained final norm with its affine; other families: the "
                              "backbone's own pooling"),
-        notes=("the reference selects the best epoch on the test set (METHODS.md §3): vipamin selects the last "
+        notes=("the reference selects the best epoch on the test set (docs/methods.md §5): vipamin selects the last "
                "epoch on validation",)),
     "vapt": Recipe(
         name="vapt",
         description="VAPT (Le et al., ICLR 2026): adaptive deep prompts, SGD over a 10 x 4 grid, five seeds",
-        config=_common(M6V, arch=Value("vapt", "METHODS.md §4"), optimizer=Value("sgd", M7V),
+        config=_common(M6V, arch=Value("vapt", "docs/methods.md §4 (Le et al., ICLR 2026)"),
+                       optimizer=Value("sgd", M7V),
                        momentum=Value(0.9, M7V), batch_size=Value(64, M7V),
                        prompt_dropout=Value(0.1, M7V),
                        decay_groups=Value("all-but-head-bias", M7V + ": every trainable tensor except the head bias"),
                        tie_break=Value("larger-lr", M7V + ": ties to the larger lr")),
         lrs=Value(VPT_LRS, M7V + " (base lr, x batch/256)"), weight_decays=Value(VPT_WDS, M7V),
         seeds=Value((42,), DEFAULT), final_seeds=Value((42, 44, 82, 100, 800), M7V),
-        init_method=Value("random", "METHODS.md §4 (block 0: VPT shallow, random init)"),
+        init_method=Value("random", "docs/methods.md §4 (block 0: VPT shallow, random init)"),
         init_grid=Value(({},), DEFAULT),
-        prompt_length=Value(dict(PROMPTS), "METHODS.md §4 and §7 (P = 10)")),
+        prompt_length=Value(dict(PROMPTS), "docs/methods.md §4 and §7 (P = 10)")),
 }
 
 

@@ -115,14 +115,14 @@ def _tune(inputs: TuneInputs, base: TuneConfig, grids: tuple[list[float], list[f
         raise InputError("a sweep over several init / lr / weight decay values needs validation data",
                          "pass --val SPLIT or --val-embeddings FILE")
     check_init_k(inputs, recipe, int(splits.identity["num_patches"]))
-    data = prepare(inputs, splits, base, inits, out, runtime.device)
+    data = prepare(inputs, splits, base, inits, out, runtime.device, plan.points)
     sig = signature(plan, data, runtime.record())
     partial = partial_path(out)
     state = load_resume_state(partial, sig, resume)
     meta = checkpoint_meta(data, base, runtime, recipe)
     sweep_done, sweep_models = sweep_runs(plan, data, state, meta | {"signature": sig}, runtime, partial)
     chosen = choose(plan, sweep_done.done, splits.val is not None, base.tie_break)
-    sweep = sweep_record(chosen, data.sources, sweep_done.done, base.tie_break)
+    sweep = sweep_record(chosen, data.sources, sweep_done.done, base.tie_break, data.candidate_source(chosen[0]))
     if splits.final is None:
         kept = selected_sweep_runs(sweep_done, sweep_models, chosen)
     else:

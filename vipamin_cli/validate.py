@@ -24,10 +24,11 @@ SEED_MAX = 2**63 - 1  # every RNG we seed (torch, numpy) takes a non-negative 63
 # test cross-checks this registry against the options whose help mentions a comma list.
 LIST_OPTIONS: dict[str, dict[str, type]] = {
     "tune": {"--lr": float, "--weight-decay": float, "--seeds": int, "--k": int, "--lambda": float,
-             "--orth": str, "--orth-scale": str, "--orth-rcond": str, "--sample": str, "--init-seed": int},
+             "--orth": str, "--orth-scale": str, "--orth-rcond": str, "--orth-span-tol": str, "--sample": str,
+             "--init-seed": int},
     "benchmark": {"--methods": str, "--tasks": str, "--lr": float, "--full-lr": float, "--weight-decay": float,
                   "--seeds": int, "--k": int, "--lambda": float, "--orth": str, "--orth-scale": str,
-                  "--orth-rcond": str},
+                  "--orth-rcond": str, "--orth-span-tol": str},
     "data make-testbed": {"--tasks": str},
     "data check": {"--tasks": str},
     "data get": {"--tasks": str},

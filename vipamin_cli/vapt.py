@@ -103,7 +103,7 @@ class VaptPromptGenerator(nn.Module):
 
 def vapt_parameter_count(dim: int, depth: int, grid: int, num_prompts: int, hidden: int = 8, kernel: int = 2,
                          first_block: int = 1, per_channel: bool = False, learnable_scale: bool = False) -> int:
-    """METHODS.md 4: static prompts of blocks 0 .. first_block-1 + per adaptive block (LayerNorm,
+    """docs/methods.md §4: static prompts of blocks 0 .. first_block-1 + per adaptive block (LayerNorm,
     kernel: one shared or one per channel, Linear) + the shared projector (+ its optional scale)."""
     positions = (grid - kernel + 1) ** 2
     kernels = (dim if per_channel else 1) * kernel * kernel

@@ -4,7 +4,9 @@ The features are computed once per split by running the frozen blocks on the cac
 tokens (a :class:`PromptedViT` with zero prompts, so the pooling is exactly the prompted
 methods'); the head is then trained with the same recipe (optimizer, lr scaling, warm-up +
 cosine schedule, batch size, epochs, seeded shuffling) as the prompt tuners, which makes it the
-"prompts add nothing" row of the table.
+"prompts add nothing" row of the table. The head starts as tune's does (``--head-init`` kaiming, zeros
+or SPT's trunc-normal 0.02, bias 0), SPT's separate head weight decay applies to its weight, and SPT's
+per-iteration schedule with its floor and its dropped last batch are followed; only the EMA is not kept.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from ..artifacts import load_artifact
-from ..train import TuneConfig, config_dict, lr_factor, top1
+from ..train import TuneConfig, config_dict, epoch_steps, top1
 
 
 @torch.no_grad()
@@ -45,6 +47,8 @@ def _head(dim: int, num_classes: int, config: TuneConfig) -> nn.Linear:
         head = nn.Linear(dim, num_classes)
         if config.head_init == "zeros":
             nn.init.zeros_(head.weight)
+        elif config.head_init == "trunc-normal":  # SPT's recipe
+            nn.init.trunc_normal_(head.weight, std=0.02)
         else:
             nn.init.kaiming_normal_(head.weight, a=0, mode="fan_out")
         nn.init.zeros_(head.bias)
@@ -56,32 +60,35 @@ def train_linear(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tens
     """Train one head; returns it and a run record shaped like tune's (config, history, best, final)."""
     x, y = train
     head = _head(x.shape[1], num_classes, config)
-    decay = [head.weight]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": [head.bias], "weight_decay": 0.0}]
+    weight_decay = config.head_weight_decay if config.head_weight_decay is not None else config.weight_decay
+    groups = [{"params": [head.weight], "weight_decay": weight_decay}, {"params": [head.bias], "weight_decay": 0.0}]
     if config.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=config.effective_lr, momentum=0.9)
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=config.effective_lr, momentum=config.momentum)
     else:
-        opt = torch.optim.AdamW(groups, lr=config.effective_lr, betas=(0.9, 0.999), eps=1e-6)
+        opt = torch.optim.AdamW(groups, lr=config.effective_lr, betas=tuple(config.betas), eps=config.eps)
     loss_fn = nn.CrossEntropyLoss()
     history: list[dict[str, Any]] = []
     best = None
     n = x.shape[0]
+    steps = epoch_steps(n, config)  # SPT's drop_last leaves out the last partial batch
     for epoch in range(config.epochs):
         start = time.perf_counter()
-        lr = config.effective_lr * lr_factor(epoch, config.warmup_epochs, config.epochs)
-        for g in opt.param_groups:
-            g["lr"] = lr
         order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
-        total = 0.0
+        total, seen = 0.0, 0
         head.train()
-        for i in range(0, n, config.batch_size):
-            idx = order[i: i + config.batch_size]
+        for step in range(steps):
+            lr = config.lr_at(epoch, step, steps)  # per epoch (VPT) or per iteration with a floor (SPT)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            idx = order[step * config.batch_size: (step + 1) * config.batch_size]
+            seen += len(idx)
             loss = loss_fn(head(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
-        record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "loss": total / n,
+        lr = config.lr_at(epoch, 0, steps)
+        record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "loss": total / max(1, seen),
                                   "seconds": time.perf_counter() - start}
         if val is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
             with torch.no_grad():

@@ -34,9 +34,10 @@ PLAN_OPTIONS = {"lrs": "lrs", "weight_decays": "weight_decays", "sweep_seeds": "
                 "prompt_length": "prompt_length"}
 CONFIG_OPTIONS = ("epochs", "warmup_epochs", "batch_size", "optimizer", "prompt_dropout")
 PROMPT_ONLY = ("lrs", "prompt_length", "prompt_dropout")  # overrides the full cell does not take (--full-lr: lrs)
-LINEAR_NOTE = ("the linear probe (benchmark/linear.py) takes the optimizer, batch size, lr scaling, epochs, "
-               "warm-up, head init, grids and seeds; its schedule is the per-epoch cosine without floor, its "
-               "AdamW / SGD constants are fixed and it keeps no EMA")
+LINEAR_NOTE = ("the linear probe (benchmark/linear.py) takes the optimizer and its constants (betas, eps, "
+               "momentum), batch size, lr scaling, schedule (per epoch or per iteration, floor), drop-last, epochs, "
+               "warm-up, head init (kaiming, zeros or trunc-normal), the head weight decay, grids and seeds; it "
+               "keeps no EMA")
 
 
 def recipe_choices() -> tuple[str, ...]:

@@ -39,7 +39,8 @@ from .protocol import (
 from .suites import Suite, Task, resolve_suite
 
 RESULTS_SCHEMA = 1
-INIT_GRID_KEYS = ("k", "lam", "orth", "orth_scale", "orth_rcond")  # VIPAMIN hyperparameters a benchmark may sweep
+# VIPAMIN hyperparameters a benchmark may sweep
+INIT_GRID_KEYS = ("k", "lam", "orth", "orth_scale", "orth_rcond", "orth_span_tol")
 
 
 @dataclass(frozen=True)
@@ -188,12 +189,12 @@ def cell_signature(task: Task, method: str, recipe: Preset | None, spec: Benchma
     if protocol is not None and protocol.recipe is not None:
         return {"task": task.describe(), "method": method, "backbone": spec.backbone, "weights": spec.weights,
                 "recipe": spec.recipe, "cell_recipe": protocol.recipe, "protocol": protocol.describe(),
-                "calib_size": spec.calib_size, INPUTS_KEY: inputs}
+                "calib_size": spec.calib_size, INPUTS_KEY: inputs} | _init_rules(method)
     assert recipe is not None
     grid = {k: v for k, v in spec.init_grid.items() if v} if METHOD_SETUP[method][1] == "vipamin" else {}
     return {"task": task.describe(), "method": method, "backbone": spec.backbone, "weights": spec.weights,
             "preset": _preset_fields(method, recipe), "init_grid": grid, "calib_size": spec.calib_size,
-            INPUTS_KEY: inputs}
+            INPUTS_KEY: inputs} | _init_rules(method)
 
 
 def _preset_fields(method: str, preset: Preset) -> dict[str, Any]:
@@ -202,6 +203,17 @@ def _preset_fields(method: str, preset: Preset) -> dict[str, Any]:
     fields_ = asdict(preset)
     drop = ("lrs", "prompt_length", "prompt_dropout") if method == "full" else ("full_lrs",)
     return {k: v for k, v in fields_.items() if k not in drop}
+
+
+def _init_rules(method: str) -> dict[str, Any]:
+    """Init defaults that change a prompt cell's numbers (cells run before them are refused, not reused):
+    each run's init seed follows its training seed, and VIPAMIN's span rank rule."""
+    if METHOD_SETUP[method][1] is None:
+        return {}
+    from ..inits import InitConfig
+    from ..inits.seeding import FOLLOWS
+
+    return {"init_rules": {"init_seed": FOLLOWS, "orth_span_tol": InitConfig().orth_span_tol}}
 
 
 def _mean_std(values: list[float]) -> dict[str, Any]:
@@ -281,8 +293,9 @@ def run_cell(task: Task, method: str, embeddings: dict[str, Path], recipe: Prese
     eval_s = time.perf_counter() - started - sweep_s - final_s
     runs = []
     for run, metrics in zip(final["runs"], result["runs"], strict=True):
-        runs.append({"seed": run["config"]["seed"], "config": run["config"], "history": run["history"],
-                     "test_top1": metrics["top1"], "test_top5": metrics["top5"], "test_macro": metrics["macro"]})
+        runs.append({"seed": run["config"]["seed"], "init_seed": run.get("init_seed"), "config": run["config"],
+                     "history": run["history"], "test_top1": metrics["top1"], "test_top5": metrics["top5"],
+                     "test_macro": metrics["macro"]})
     return {"task": task.name, "group": task.group, "method": method, "arch": base.arch,
             "selected": {**picked["chosen"], "init": picked["init"]},
             "sweep": {"criterion": picked["criterion"], "candidates": candidates},

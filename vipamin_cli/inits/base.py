@@ -34,6 +34,7 @@ class InitConfig:
     orth: str = "exact"  # exact | exact-ln | reference
     orth_scale: str = "none"  # none | match (orthogonal rows rescaled to the matched part's mean norm)
     orth_rcond: str = "none"  # none | reference | a relative singular-value cutoff of the map back
+    orth_span_tol: str = "stable"  # stable | float64 | a relative singular-value tolerance of the span's rank
     orth_energy: float = 0.99  # used when the attention-output span fills the whole space
     orth_rank: int | None = None  # force a truncated basis of this rank
     # SPT

@@ -27,6 +27,14 @@ from .base import BlockInit, InitConfig, InitContext, uniform_prompts
 ORTH_MODES = ("exact", "exact-ln", "reference")
 ORTH_SCALES = ("none", "match")
 RCOND_CHOICES = "none | reference | a number in (0, 1)"
+SPAN_TOL_CHOICES = "stable | float64 | a number in (0, 1)"
+# The rank rule of the attention-output span (docs/methods.md section 3, "the span's rank"). The statistics
+# are float32 means: two CPUs' kernels give them 2e-7 relative apart, and we allow five times that.
+STAT_PRECISION = 1e-6
+# A span direction of singular value s tilts by about noise / s under that noise; keeping only directions
+# with s >= STAT_PRECISION / SPAN_TILT of the largest bounds the tilt of the kept span by SPAN_TILT.
+SPAN_TILT = 1e-4
+STABLE_SPAN_RTOL = 1e-2  # = STAT_PRECISION / SPAN_TILT
 
 
 def resolve_rcond(rcond: str | float | None, dim: int) -> float | None:
@@ -44,6 +52,28 @@ def resolve_rcond(rcond: str | float | None, dim: int) -> float | None:
     value = float(rcond) if isinstance(rcond, (int, float)) and not isinstance(rcond, bool) else float_or_none(rcond)
     if value is None or not 0.0 < value < 1.0:
         raise InputError(f"--orth-rcond '{rcond}' is not valid", f"use {RCOND_CHOICES}")
+    return value
+
+
+def resolve_span_tol(tol: str | float | None, shape: tuple[int, ...] | None = None) -> float:
+    """The relative singular-value tolerance of the span's rank (a direction is kept when s > tol * s_max).
+
+    ``stable`` (default) is STAT_PRECISION / SPAN_TILT = 1e-2: only directions that float32 statistics
+    determine to 1e-4 are kept. ``float64`` is the rule before it, the full float64 numerical rank
+    (max(m, n) * float64 eps), which keeps directions at the float32 noise floor; ``shape`` (m, n)
+    gives its max(m, n) (default: 1).
+    """
+    text = str("stable" if tol is None else tol).lower()
+    if text == "stable":
+        return STABLE_SPAN_RTOL
+    if text == "float64":
+        return max(shape or (1,)) * float(torch.finfo(torch.float64).eps)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise InputError(f"--orth-span-tol '{tol}' is not valid", f"use {SPAN_TOL_CHOICES}")
     return value
 
 
@@ -111,20 +141,23 @@ def value_projection(block: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor
 
 
 def complement_basis(attn_out: torch.Tensor, energy: float, rank: int | None,
-                     reserve: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:
+                     reserve: int = 0, span_tol: str | float | None = "stable") -> tuple[torch.Tensor, dict[str, Any]]:
     """Orthonormal basis (D, r) of the span of the mean attention output's rows.
 
-    The full numerical rank is used (as the method prescribes) unless that span fills the whole
-    space (then the complement would be empty) or ``rank`` is forced: then the top singular
-    vectors holding ``energy`` of the squared spectrum (or exactly ``rank`` of them) are used.
-    ``reserve`` extra dimensions must stay free (``exact-ln`` adds the zero-mean constraint).
+    The rank is the numerical rank at ``span_tol`` (``resolve_span_tol``: by default the directions the
+    float32 statistics determine to 1e-4, so that the same init on two CPUs agrees to 1e-4) unless
+    that span fills the whole space (then the complement would be empty) or ``rank`` is forced: then
+    the top singular vectors holding ``energy`` of the squared spectrum (or exactly ``rank`` of them)
+    are used. ``reserve`` extra dimensions must stay free (``exact-ln`` adds the zero-mean constraint).
     """
     o = attn_out.double()
     _, s, vh = torch.linalg.svd(o, full_matrices=False)
     dim = o.shape[1]
-    tol = s[0] * max(o.shape) * torch.finfo(torch.float64).eps if s.numel() else 0.0
-    full_rank = int((s > tol).sum())
-    info: dict[str, Any] = {"span_rank": full_rank, "dim": dim}
+    rtol = resolve_span_tol(span_tol, tuple(o.shape))
+    top = float(s[0]) if s.numel() else 0.0
+    full_rank = int((s > top * rtol).sum())
+    info: dict[str, Any] = {"span_rank": full_rank, "dim": dim, "span_tol": rtol,
+                            "span_rank_float64": int((s > top * resolve_span_tol("float64", tuple(o.shape))).sum())}
     if rank is not None:
         used = min(rank, full_rank)
         truncated = used < full_rank
@@ -152,9 +185,12 @@ def solve_value_map(w_v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return target @ torch.linalg.pinv(w_v.T)
 
 
-def check_choices(lam: float | None = None, orth: str | None = None, orth_scale: str | None = None) -> None:
-    """The given ones of lambda's range and the orthogonal mode and scale names (no backbone needed:
-    the benchmark checks its init grid with this before any cell runs)."""
+def check_choices(lam: float | None = None, orth: str | None = None, orth_scale: str | None = None,
+                  orth_span_tol: str | None = None) -> None:
+    """The given ones of lambda's range, the orthogonal mode and scale names and the span tolerance (no
+    backbone needed: the benchmark checks its init grid with this before any cell runs)."""
+    if orth_span_tol is not None:
+        resolve_span_tol(orth_span_tol)
     if lam is not None and not 0.0 <= float(lam) <= 1.0:
         raise InputError(f"--lambda {lam} is outside [0, 1]", "choose lambda in [0, 1] (default 0.5)")
     if orth is not None and orth not in ORTH_MODES:
@@ -198,7 +234,7 @@ class VipaminInit:
         if not 1 <= config.k <= n:
             raise InputError(f"--k {config.k} is out of range: the backbone has {n} patch positions",
                              f"choose 1 <= K <= {n}")
-        check_choices(config.lam, config.orth, config.orth_scale)
+        check_choices(config.lam, config.orth, config.orth_scale, config.orth_span_tol)
         resolve_rcond(config.orth_rcond, ctx.dim)
         if not 0.0 < config.orth_energy <= 1.0:
             raise InputError(f"--orth-energy {config.orth_energy} is outside (0, 1]", "use e.g. 0.99")
@@ -206,6 +242,13 @@ class VipaminInit:
             raise InputError(f"--orth-rank {config.orth_rank} is out of range", f"choose 0 <= r < {ctx.dim}")
         if "calib.key_mean" not in ctx.stats:
             raise InputError("the embeddings hold no calibration statistics", "re-run `vipamin embed`")
+        calib_prompts = ctx.stats.get("calib.deep_stats_prompts")
+        if config.deep and calib_prompts is not None and int(calib_prompts.shape[1]) != config.num_prompts:
+            p = int(calib_prompts.shape[1])
+            raise InputError(f"--prompt-length {config.num_prompts} differs from the {p} calibration prompts per "
+                             f"block of these embeddings (embed --deep-stats reference --deep-stats-prompts {p}), "
+                             "which deep VIPAMIN uses as its queries",
+                             f"pass --prompt-length {p}, or re-embed with --deep-stats-prompts {config.num_prompts}")
 
     def init_block(self, ctx: InitContext, block: int, config: InitConfig,
                    generator: torch.Generator) -> BlockInit:
@@ -214,8 +257,11 @@ class VipaminInit:
         x_mean = ctx.stats["calib.block_input_mean"][block].float()  # (T, D)
         patch_keys = ctx.stats["calib.key_mean"][block, npf:].float()  # (N, dh)
 
-        # A. matching ("embedding selection")
-        query = uniform_prompts(p, ctx.dim, ctx.patch, generator)
+        # A. matching ("embedding selection"); with --deep-stats reference statistics, deep VIPAMIN's queries
+        # are the very prompts the calibration pass carried in this block, as in the authors' code.
+        calib_prompts = ctx.stats.get("calib.deep_stats_prompts") if config.deep else None
+        query = calib_prompts[block].float() if calib_prompts is not None else uniform_prompts(p, ctx.dim, ctx.patch,
+                                                                                                generator)
         with torch.no_grad():
             query_keys = head_mean_keys(blk, query)
         sim = F.normalize(query_keys, dim=-1) @ F.normalize(patch_keys, dim=-1).T  # (P, N)
@@ -225,9 +271,10 @@ class VipaminInit:
         # B. orthogonal component ("subspace expansion")
         ln_mode = config.orth == "exact-ln"
         basis, info = complement_basis(ctx.stats["calib.attn_out_mean"][block], config.orth_energy,
-                                       config.orth_rank, reserve=1 if ln_mode else 0)
+                                       config.orth_rank, reserve=1 if ln_mode else 0, span_tol=config.orth_span_tol)
         rcond = resolve_rcond(config.orth_rcond, ctx.dim)
         info["rcond"] = rcond
+        info["queries"] = "calibration prompts" if calib_prompts is not None else "drawn"
         fresh = uniform_prompts(p, ctx.dim, ctx.patch, generator)
         w_v, b_v = value_projection(blk)
         value = fresh.double() @ w_v.T + b_v

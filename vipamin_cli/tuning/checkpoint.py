@@ -37,6 +37,7 @@ def checkpoint_meta(data: TuneData, base: TuneConfig, runtime: Runtime, recipe: 
                            "train_split": train.meta["data"]["split"],
                            "val_split": val.meta["data"]["split"] if val else None},
             "init": data.sources[0] if len(data.sources) == 1 else {"grid": data.sources}, "arch": base.arch,
+            "init_seed": data.init_seed_rule,
             "pool": data.pool, "grid": list(data.grid), "num_classes": data.num_classes,
             "augment": {"sweep": train.meta.get("augment"),
                         "final": final.meta.get("augment") if final is not None else None},

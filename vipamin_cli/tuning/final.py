@@ -45,18 +45,25 @@ def final_runs(plan: SweepPlan, data: TuneData, inputs: TuneInputs, out: Path, c
                progress: StageProgress, resume_meta: dict[str, Any], runtime: Runtime,
                partial: Path) -> CheckpointRuns:
     """Retrain the selected configuration on the final split once per final seed (continuing
-    ``progress`` when the run stopped in this stage); its init recomputed from the final split."""
+    ``progress`` when the run stopped in this stage); its init recomputed from the final split (one
+    draw per final seed when the init seed follows the training seed)."""
+    from ..inits.seeding import init_slots
+
     final = data.splits.final
     assert final is not None
     arch = plan.points[0].config.arch
-    prompts, source = shared_prompts(inputs, final, arch, out, data.inits[chosen[0]], suffix="-final")
     points = plan.final_points(chosen)
+    slots = init_slots([data.inits[chosen[0]]], [0] * len(points), [pt.config.seed for pt in points], data.follow,
+                       "-final")
+    made = [shared_prompts(inputs, final, arch, out, c, s) for c, s in slots.named()]
+    source = made[0][1]
     groups, data_parallel = rank_groups(len(points), plan.final_batch())
-    stage = Stage("final", points, [prompts], on_device(final, runtime.device), None, groups, progress,
-                  resume_meta, tolerate=False, data_parallel=data_parallel)
+    stage = Stage("final", points, [made[j][0] for j in slots.of_point], on_device(final, runtime.device), None,
+                  groups, progress, resume_meta, tolerate=False, data_parallel=data_parallel)
     models = run_stage(stage, data, runtime, partial)
     done = gather_stage(stage)
     indices = list(range(len(done.done)))
+    slots.record(done.done, done.index or indices, [m[1] for m in made])
     runs, tensors = as_runs(done.done, done.tensors, indices)
     meta = {"final": {"split": final.meta["data"]["split"], "embeddings": final.meta["digest"],
                       "num_images": int(final["labels"].numel()), "seeds": plan.final_seeds, "init": source},

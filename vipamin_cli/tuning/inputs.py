@@ -38,6 +38,7 @@ class TuneInputs:
     cache_dir: str | os.PathLike | None = None
     final_split: str | None = None  # a split of --data the selected configuration is retrained on
     final_embeddings: str | os.PathLike | None = None  # or its embeddings file
+    follow_seed: bool = True  # each run's init seed is its training seed (inits.seeding); False: init.seed
 
     @property
     def has_final(self) -> bool:
@@ -61,7 +62,8 @@ class Splits:
 @dataclass
 class TuneData:
     """Everything the stages train from: the splits, the frozen backbone, the head's input and the
-    initial prompts of each init configuration (with where they came from)."""
+    initial prompts of each sweep init slot (one per init configuration and init seed, with where they
+    came from; ``slots`` says which slot each sweep candidate starts from)."""
 
     splits: Splits
     backbone: Any
@@ -69,8 +71,19 @@ class TuneData:
     pool: str
     num_classes: int
     inits: list[Any]  # InitConfigs, one per init index of the plan
-    prompts: list[torch.Tensor]  # per init index
-    sources: list[dict[str, Any]]  # per init index: the prompts' file, digest, method and config
+    prompts: list[torch.Tensor]  # per init slot
+    sources: list[dict[str, Any]]  # per init slot: the prompts' file, digest, method and config
+    slots: Any  # inits.seeding.InitSlots of the sweep
+    follow: bool = True  # each run's init seed follows its training seed (False: pinned, or --prompts)
+    init_seed_rule: str | None = None  # how the runs' init seeds were chosen, for the checkpoint (None: no init)
+
+    def candidate_prompts(self) -> list[torch.Tensor]:
+        """The prompts each sweep candidate starts from."""
+        return [self.prompts[j] for j in self.slots.of_point]
+
+    def candidate_source(self, init_index: int) -> dict[str, Any]:
+        """The init that stands for an init candidate (its first slot)."""
+        return self.sources[self.slots.first_slot(init_index)]
 
 
 def load_split(inputs: TuneInputs, split: str | None, explicit: str | os.PathLike | None, what: str,
@@ -148,23 +161,32 @@ def resolve_recipe(base: TuneConfig, recipe: Any, identity: dict[str, Any]) -> T
 
 
 def prepare(inputs: TuneInputs, splits: Splits, base: TuneConfig, inits: list[Any], out: Path,
-            dev: torch.device) -> TuneData:
-    """Load the backbone, check the prompts fit it, and make every init configuration's prompts."""
+            dev: torch.device, points: list[Any]) -> TuneData:
+    """Load the backbone, check the prompts fit it, and make the prompts of every init slot of the
+    sweep ``points`` (one per init configuration, and per training seed when the init seed follows it)."""
     from .. import distributed
     from ..backbones import load_backbone_from_identity
+    from ..inits.seeding import init_slots
 
     identity = splits.identity
     backbone = load_backbone_from_identity(identity, weights=inputs.weights, what="the training embeddings")
     grid = (identity["img_size"] // identity["patch"],) * 2
     check_geometry(base, backbone.model, grid, splits.train, inputs, dev)
     distributed.sync()  # every rank has its inputs (a rank that could not read them stops all here)
-    prompts, sources = [], []
-    for i, init in enumerate(inits):
-        p, src = shared_prompts(inputs, splits.train, base.arch, out, init, suffix=f"-{i}" if len(inits) > 1 else "")
-        prompts.append(p)
-        sources.append(src)
+    follow = follows_seed(inputs, base)
+    slots = init_slots(inits, [pt.init_index for pt in points], [pt.config.seed for pt in points], follow,
+                       numbered=len(inits) > 1)
+    made = [shared_prompts(inputs, splits.train, base.arch, out, c, s) for c, s in slots.named()]
     return TuneData(splits, backbone, grid, base.pool or identity["pool"],
-                    len(splits.train.meta["data"]["class_names"]), inits, prompts, sources)
+                    len(splits.train.meta["data"]["class_names"]), inits, [m[0] for m in made],
+                    [m[1] for m in made], slots, follow,
+                    None if base.arch == "full" else slots.rule(inputs.prompts is not None))
+
+
+def follows_seed(inputs: TuneInputs, base: TuneConfig) -> bool:
+    """Whether each run draws its own init with its training seed: by default, not with --init-seed,
+    --prompts (a file is never redrawn) or --arch full (no prompts)."""
+    return inputs.follow_seed and inputs.prompts is None and base.arch != "full"
 
 
 def check_geometry(base: TuneConfig, vit: torch.nn.Module, grid: tuple[int, int], train: Artifact,

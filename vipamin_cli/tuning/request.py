@@ -81,11 +81,11 @@ def check_tune_request(inputs: TuneInputs, base: TuneConfig, lrs: list[float], w
 
 
 def check_vipamin_choices(init: Any) -> None:
-    """VIPAMIN's lambda range and orthogonal mode, scale and cutoff names, before any data is read."""
+    """VIPAMIN's lambda range, orthogonal mode, scale, cutoff and span-tolerance names, before any data is read."""
     from ..inits.vipamin import check_choices, resolve_rcond
 
     if init.method == "vipamin":
-        check_choices(init.lam, init.orth, init.orth_scale)
+        check_choices(init.lam, init.orth, init.orth_scale, init.orth_span_tol)
         resolve_rcond(init.orth_rcond, 1)  # its form (none, reference, a number in (0, 1)); the width comes later
 
 

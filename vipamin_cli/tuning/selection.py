@@ -36,11 +36,12 @@ def choose(plan: SweepPlan, runs: list[dict[str, Any]], validated: bool, tie_bre
 
 
 def sweep_record(chosen: tuple[int, float, float], sources: list[dict[str, Any]], runs: list[dict[str, Any]],
-                 tie_break: str) -> dict[str, Any]:
-    """The sweep as the checkpoint records it: the criterion, the choice, the inits and every run."""
+                 tie_break: str, chosen_source: dict[str, Any]) -> dict[str, Any]:
+    """The sweep as the checkpoint records it: the criterion, the choice (``chosen_source``: the init
+    that stands for the chosen init candidate), the inits (one per init slot) and every run."""
     criterion = (f"mean last-epoch val top-1 over seeds; ties to the {tie_break.split('-')[0]} lr, "
                  "then the smaller weight decay, then the earlier init config")
     return {"criterion": criterion,
             "chosen": {"init_index": chosen[0], "lr": chosen[1], "weight_decay": chosen[2],
-                       "init": sources[chosen[0]]["config"]},
+                       "init": chosen_source["config"]},
             "inits": sources, "runs": runs}

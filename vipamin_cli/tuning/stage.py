@@ -46,7 +46,7 @@ class Stage:
 
     name: str  # sweep | final
     points: list[GridPoint]
-    prompts: list[torch.Tensor]  # per init index
+    prompts: list[torch.Tensor]  # per candidate: the init it starts from
     train_xy: tuple[torch.Tensor, ...]  # tokens, labels (, augmented views)
     val_xy: tuple[torch.Tensor, torch.Tensor] | None
     groups: list[list[int]]
@@ -81,11 +81,13 @@ def sweep_runs(plan: SweepPlan, data: TuneData, state: ResumeState, resume_meta:
         return StageProgress(done=state.sweep_done or []), {}
     groups, data_parallel = rank_groups(len(plan.points), plan.grid_batch)
     val = data.splits.val
-    stage = Stage("sweep", plan.points, data.prompts, on_device(data.splits.train, runtime.device),
+    stage = Stage("sweep", plan.points, data.candidate_prompts(), on_device(data.splits.train, runtime.device),
                   (val["tokens"], val["labels"]) if val is not None else None, groups, state.progress, resume_meta,
                   tolerate=len(plan.points) > 1, data_parallel=data_parallel)
     models = run_stage(stage, data, runtime, partial)
-    return gather_stage(stage), models
+    done = gather_stage(stage)
+    data.slots.record(done.done, done.index or list(range(len(done.done))), data.sources)
+    return done, models
 
 
 def run_stage(stage: Stage, data: TuneData, runtime: Runtime, partial: Path) -> dict[int, Any]:
@@ -113,7 +115,7 @@ def _run_group(stage: Stage, indices: list[int], data: TuneData, runtime: Runtim
     from ..train import epoch_steps
 
     configs = [stage.points[i].config for i in indices]
-    group = [build_model(data.backbone.model, stage.prompts[stage.points[i].init_index], data.num_classes, c,
+    group = [build_model(data.backbone.model, stage.prompts[i], data.num_classes, c,
                          data.pool, data.grid) for i, c in zip(indices, configs, strict=True)]
     if stage.data_parallel:
         _check_same_start(stage)
