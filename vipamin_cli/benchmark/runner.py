@@ -71,8 +71,10 @@ PRESETS: dict[str, Preset] = {
                     full_lrs=(0.005, 0.001, 0.0005)),
     # `make benchmark-testbed`: every method on the 8 testbed tasks in about 1.5 h on a 2-core CPU.
     "testbed": Preset(epochs=5, warmup_epochs=1, lrs=(0.5, 2.0), prompt_length=10, full_lrs=(0.005, 0.001)),
-    # `make demo`: two testbed tasks in a few minutes (one lr, so no sweep; three final seeds).
-    "demo": Preset(epochs=3, warmup_epochs=1, lrs=(1.0,), prompt_length=10, full_lrs=(0.005,)),
+    # `make demo`: two testbed tasks in a few minutes (one lr, so no sweep; three final seeds). lr 0.25 x 32/256
+    # over 4 epochs (1 warm-up): the training loss falls every epoch and the table is the same with the default
+    # and the AVX2 CPU kernels (README); at lr 1.0 the loss rose in epoch 2, a regime that amplifies rounding.
+    "demo": Preset(epochs=4, warmup_epochs=1, lrs=(0.25,), prompt_length=10, full_lrs=(0.005,)),
 }
 
 
