@@ -212,7 +212,7 @@ RECIPES["vpt-full"] = Recipe(
            "not reproduced, the grid's weight decay is used as given",
            "the patch and position embeddings and the class token stay frozen (the embed cache serves them); "
            "VPT's end2end trains them too (docs/methods.md §8)",
-           "the reference head bias init -log(99) is not reproduced: bias 0"))
+           "the reference head bias init -log(99) (docs/methods.md §5 and §8) is not reproduced: bias 0"))
 
 
 def get_recipe(name: str) -> Recipe:
