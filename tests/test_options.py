@@ -17,7 +17,8 @@ DIFFERENT_MEANINGS = {"--out": "a prompts file, a checkpoint, a results folder",
                       "--seed": "init: the init's seed; tune: the training seed",
                       "--recipe": "benchmark also takes 'own' (each method its paper's)",
                       "--backbone": "required by benchmark, optional beside --embeddings for init and tune"}
-CHOICES = (options.K, options.LAMBDA, options.ORTH, options.ORTH_SCALE, options.ORTH_RCOND, options.SAMPLE)
+CHOICES = (options.K, options.LAMBDA, options.ORTH, options.ORTH_SCALE, options.ORTH_RCOND, options.ORTH_SPAN_TOL,
+           options.SAMPLE)
 
 
 def _params(command: str) -> dict[str, typer.core.TyperOption]:
@@ -69,7 +70,7 @@ def emb(digits_dir, tmp_path_factory):
 def test_tune_gives_its_init_options_to_the_init(emb, tmp_path, cli) -> None:
     """VIPAMIN's orthogonal options (and the rest) reach tune's init: the same prompts as `vipamin init`."""
     given = ["--k", "4", "--lambda", "0.7", "--orth", "reference", "--orth-scale", "match", "--orth-rcond",
-             "reference", "--orth-energy", "0.95", "-p", "4"]
+             "reference", "--orth-span-tol", "float64", "--orth-energy", "0.95", "-p", "4"]
     code, out, err = cli("init", "--embeddings", emb["val"], "--seed", "3", *given, "--out", tmp_path / "p.st")
     assert code == 0, err
     code, out, err = cli("tune", "--embeddings", emb["val"], "--init", "vipamin", "--init-seed", "3", *given,
@@ -79,9 +80,10 @@ def test_tune_gives_its_init_options_to_the_init(emb, tmp_path, cli) -> None:
     assert made.tensors.keys() == used.tensors.keys()
     assert all(bool((made[k] == used[k]).all()) for k in made.tensors)
     recorded = load_artifact(tmp_path / "ck.safetensors").meta["init"]["config"]
-    assert {k: recorded[k] for k in ("k", "lam", "orth", "orth_scale", "orth_rcond", "orth_energy", "seed")} == {
+    assert {k: recorded[k] for k in ("k", "lam", "orth", "orth_scale", "orth_rcond", "orth_span_tol", "orth_energy",
+                                     "seed")} == {
         "k": 4, "lam": 0.7, "orth": "reference", "orth_scale": "match", "orth_rcond": "reference",
-        "orth_energy": 0.95, "seed": 3}
+        "orth_span_tol": "float64", "orth_energy": 0.95, "seed": 3}
 
 
 def test_tune_sweeps_orthogonal_modes_as_init_candidates(emb, tmp_path, cli) -> None:

@@ -101,7 +101,7 @@ DeepStatsOpt = Annotated[str, Opt("--deep-stats", panel=EMBED, help="Calibration
                                      "deep prompts in every block, for deep VIPAMIN), e.g. --deep-stats reference.")]
 DeepStatsPromptsOpt = Annotated[int | None, Opt("--deep-stats-prompts", panel=EMBED, help="Random prompts per "
                                                 "block of the --deep-stats reference pass (default 20); deep VIPAMIN "
-                                                "uses them as its queries, so `init --deep -p` must match. E.g. "
+                                                "uses them as its queries, so a deep init's -p must equal it. E.g. "
                                                 "--deep-stats-prompts 20.")]
 EmbedBatchOpt = Annotated[int, Opt("--embed-batch-size", panel=EMBED, help="Images per forward batch when "
                                       "embedding. E.g. --embed-batch-size 64.")]
