@@ -46,6 +46,23 @@ def test_each_training_seed_redraws_the_init(emb, tmp_path) -> None:
         assert run["init_digest"] == drawn.meta["digest"]
 
 
+def test_each_final_seed_redraws_the_final_splits_init(emb, tmp_path) -> None:
+    """The final stage (tuning/final.py) draws one init per final seed from the final split, as the sweep does."""
+    inputs = TuneInputs(embeddings=emb["train"], val_embeddings=emb["val"], final_embeddings=emb["val"],
+                        init=InitConfig(method="random", prompt_length=P))
+    out = tmp_path / "g.safetensors"
+    tune(inputs, TuneConfig(epochs=1, warmup_epochs=0), [1.0], [0.01], [42], out, device="cpu",
+         show_progress=False, final_seeds=[44, 82])
+    meta = load_artifact(out).meta
+    assert [r["init_seed"] for r in meta["sweep"]["runs"]] == [42]
+    assert [(r["config"]["seed"], r["init_seed"]) for r in meta["runs"]] == [(44, 44), (82, 82)]
+    for seed, run in zip((44, 82), meta["runs"], strict=True):
+        drawn = load_artifact(tmp_path / f"g.prompts-final-s{seed}.safetensors")
+        torch.testing.assert_close(drawn["prompts"], _vpt_draw(seed), rtol=0, atol=0)
+        assert run["init_digest"] == drawn.meta["digest"]
+    assert meta["final"]["init"]["file"] == str(tmp_path / "g.prompts-final-s44.safetensors")
+
+
 def test_init_seed_pins_one_draw_for_every_run(emb, tmp_path, cli) -> None:
     out = tmp_path / "p.safetensors"
     code, _, stderr = cli("tune", "--embeddings", emb["train"], "--val-embeddings", emb["val"], "--init", "random",
