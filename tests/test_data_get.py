@@ -320,7 +320,7 @@ def test_truncated_and_corrupt_archives_name_the_file_and_the_fix(tmp_path, cli)
 @pytest.mark.parametrize(("make", "needle"), [
     (lambda p: p / "missing.zip", "--from file not found: "),
     (lambda p: (p / "notes.txt").write_text("hello") and p / "notes.txt", "(neither a zip nor a tar archive)"),
-    (lambda p: p, "is a directory, not a regular file"),
+    (lambda p: p, "is a directory, not a file"),
 ])
 def test_from_a_missing_or_non_archive_file(tmp_path, cli, make, needle) -> None:
     code, out, err = cli("data", "get", "vtab-1k", "--root", tmp_path / "root", "--from", make(tmp_path))
@@ -385,7 +385,7 @@ def test_existing_root_keeps_what_is_there_and_never_deletes_a_foreign_folder(tm
                                 "--root\n"
     assert (root / "kitti" / "mine.txt").read_text() == "the user's own" and (root / "notes.md").is_file()
     (root / "file").write_text("x")
-    with pytest.raises(InputError, match="is not a directory; point --root at a directory"):
+    with pytest.raises(InputError, match="--root .*/file is a file, not a folder; pass a folder"):
         get_data("vtab-1k", root / "file", from_files=[archive])
 
 
@@ -393,8 +393,19 @@ def test_overwrite_replaces_our_task_and_a_second_run_waits_for_none(tmp_path) -
     archive = vtab_zip(tmp_path / "vtab-1k.zip")
     root = tmp_path / "root"
     get_data("vtab-1k", root, tasks=["kitti"], from_files=[archive])
+    record = json.loads((root / "kitti" / staging.RECORD).read_text())
+    assert record["listing"] == sorted(k.removeprefix("kitti/") for k in vtab_entries("kitti", 4))  # every file
     (root / "kitti" / "train800.txt").write_text("edited\n")
     assert get_data("vtab-1k", root, tasks=["kitti"], from_files=[archive]).not_ready == ["kitti"]  # kept: edited
+    # a file the user put into our folder is not provably ours: --overwrite refuses before anything, naming it
+    (root / "kitti" / "images" / "mine.txt").write_text("the user's")
+    with pytest.raises(InputError) as caught:
+        get_data("vtab-1k", root, tasks=["kitti"], from_files=[archive], overwrite=True)
+    assert str(caught.value) == (f"{root / 'kitti' / 'images' / 'mine.txt'} is not one of the files `vipamin data "
+                                 f"get` unpacked into {root / 'kitti'}; --overwrite would delete it; move that file "
+                                 "out of the folder, or pick another --root")
+    assert (root / "kitti" / "images" / "mine.txt").read_text() == "the user's"
+    (root / "kitti" / "images" / "mine.txt").unlink()
     report = get_data("vtab-1k", root, tasks=["kitti"], from_files=[archive], overwrite=True)
     assert report.ok and (root / "kitti" / "train800.txt").read_text().count("\n") == 800
     assert _leftovers(root) == []
@@ -567,7 +578,8 @@ def test_fgvc_installs_what_the_hub_holds_and_says_where_to_get_the_rest(online,
     (["imagenet", "--root", "R"], "error: unknown suite 'imagenet' for `data get`; use vtab-1k or fgvc\n"),
     (["vtab-1k", "--root", "R", "--tasks", "dtd,cifar10"], "error: unknown vtab-1k task(s): cifar10; pick --tasks "
                                                            "from cifar, caltech101, dtd, "),
-    (["fgvc", "--root", "R", "--tasks", ","], "error: unknown fgvc task(s): (none given); pick --tasks from cub, "),
+    (["fgvc", "--root", "R", "--tasks", ","], "error: --tasks is empty; pass at least one value"),
+    (["fgvc", "--root", "R", "--tasks", "cub,cub"], "error: --tasks lists 'cub' twice"),
     (["vtab-1k", "--root", "R", "--force-download"], "error: --force-download needs the network, but HF_HUB_OFFLINE=1 "
                                                      "is set; unset HF_HUB_OFFLINE, or drop --force-download\n"),
 ])

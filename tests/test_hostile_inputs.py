@@ -142,11 +142,20 @@ def _one_line_error(code: int | str, err: str, expected: int = 2) -> str:
 
 
 def _commands() -> dict:
+    """Every command of the tree by its full name ("tune", "data get"): sub-commands are walked too."""
     import typer
 
     from vipamin_cli.cli import app
 
-    return typer.main.get_command(app).commands
+    def walk(command, prefix: str = ""):
+        for name, sub in getattr(command, "commands", {}).items():
+            full = f"{prefix} {name}".strip()
+            if getattr(sub, "commands", None):
+                yield from walk(sub, full)
+            else:
+                yield full, sub
+
+    return dict(walk(typer.main.get_command(app)))
 
 
 def _kind(param) -> str | None:
@@ -216,6 +225,18 @@ def _base(name: str, art: SimpleNamespace, out: Path) -> list[str]:
         return ["predict", "--checkpoint", art.ckpt, "--data", art.data, "--device", "cpu", "--out", out / "p.csv"]
     if name == "export":
         return ["export", "--checkpoint", art.ckpt, "--out", out / "m.pt2"]
+    if name == "data make-testbed":  # one task, the smallest test split
+        return ["data", "make-testbed", out / "tb", "--tasks", "mnist", "--test-size", "4"]
+    if name == "data check":
+        return ["data", "check", "--suite", "testbed", art.testbed, "--fast"]
+    if name == "data get":  # a dry run from a local archive: nothing is downloaded or written
+        archive = art.root / "vtab-1k.zip"
+        if not archive.exists():
+            import zipfile
+
+            with zipfile.ZipFile(archive, "w") as zf:
+                zf.writestr("vtab-1k/kitti/train800.txt", "images/train800/000000.png 0\n")
+        return ["data", "get", "vtab-1k", "--root", out / "root", "--tasks", "kitti", "--from", archive, "--dry-run"]
     if name == "benchmark":  # the linear probe only: the cheapest cell
         return ["benchmark", "--suite", "testbed", "--root", art.testbed, "--backbone", "vit-tiny-test", "--methods",
                 "linear", "--preset", "quick", "--epochs", "1", "--warmup-epochs", "0", "--lr", "0.5", "--seeds", "1",

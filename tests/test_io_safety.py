@@ -28,6 +28,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from test_data_get import vtab_entries, write_zip
 from test_hostile_inputs import _batch, _env, _namespace_prefix, _one_line_error, _run
 
 from vipamin_cli.iosafety import PATH_OPTIONS
@@ -109,13 +110,16 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     ckpt = tune(TuneInputs(embeddings=emb["train800"], prompts=prompts), TuneConfig(epochs=1, warmup_epochs=0),
                 [0.1], [0.01], [42], root / "c.safetensors", device="cpu", show_progress=False).checkpoint
     lists = sorted(task.glob("*.txt"))
+    # one VTAB-1k task in V-PETL Bench's archive layout, with the real list counts (`data get --from`)
+    vtab = write_zip(root / "vtab-1k.zip", vtab_entries("kitti", 4), "vtab-1k/")
 
     def images(split: str, k: int = 1) -> list[Path]:
         rows = (task / f"{split}.txt").read_text().split("\n")[:k]
         return [task / r.rsplit(" ", 1)[0] for r in rows]
 
     return SimpleNamespace(root=root, tb=root / "tb", task=task, emb=emb, prompts=prompts, ckpt=ckpt, lists=lists,
-                           images=images, manifest=root / "tb" / "manifest.json")
+                           images=images, manifest=root / "tb" / "manifest.json", vtab=vtab,
+                           files=[*emb.values(), prompts, ckpt, vtab])
 
 
 def _cases(w: SimpleNamespace, cache: Path) -> dict[str, list[Case]]:
@@ -151,6 +155,12 @@ def _cases(w: SimpleNamespace, cache: Path) -> dict[str, list[Case]]:
                                               "--test-size", "4"])],
         "data check": [Case(lambda o: ["data", "check", "--suite", "testbed", w.tb, "--fast"],
                             [w.manifest, *w.lists, *w.images("train800")])],
+        "data get": [Case(lambda o: ["data", "get", "vtab-1k", "--root", o["--root"], "--tasks", "kitti", "--from",
+                                     w.vtab], [w.vtab])],
+        # a list file (paths relative to it, VTAB labels ignored) names the 12 test images
+        "predict": [Case(lambda o: ["predict", "-c", w.ckpt, "-d", w.task / "test.txt", "--format", "csv", "--device",
+                                    "cpu", "--out", o["--out"]], [w.ckpt, w.task / "test.txt", *w.images("test", 2)])],
+        "export": [Case(lambda o: ["export", "-c", w.ckpt, "--out", o["--out"]], [w.ckpt])],
     }
 
 
@@ -159,8 +169,13 @@ def _cases(w: SimpleNamespace, cache: Path) -> dict[str, list[Case]]:
 SLOW = {"demo": "a full demo run takes about a minute on this CPU"}
 
 
+# Output options whose suffix the command requires (--png / --plot images, export's program).
+REQUIRED_SUFFIXES = (".png", ".pt2")
+
+
 def _outputs(command: str, out: Path) -> dict[str, Path]:
     names = {"--out": "o.safetensors", "--png": "m.png", "--plot": "cm.png", "DEST": "dest"}
+    names |= {"predict": {"--out": "o.csv"}, "export": {"--out": "o.pt2"}}.get(command, {})
     kinds = PATH_OPTIONS.get(command, {})
     return {opt: out / (names[opt] if kinds[opt] == "output" else f"dir{opt.strip('-').lower()}")
             for opt in kinds if kinds[opt] in ("output", "output-dir")}
@@ -195,12 +210,13 @@ def _onto_input_cases(w: SimpleNamespace, cache: Path, out: Path):
             for opt, kind in PATH_OPTIONS.get(command, {}).items():
                 if kind != "output":
                     continue
-                needs = _outputs(command, out)[opt].suffix  # --png / --plot must end in .png: a link named so
+                needs = _outputs(command, out)[opt].suffix  # --png must end in .png, ...: a link named so
+                needs = needs if needs in REQUIRED_SUFFIXES else None
                 for victim in case.reads:
                     n += 1
                     target = victim
-                    if n % 2 or (needs == ".png" and victim.suffix != ".png"):
-                        target = links / f"{n}{needs if needs == '.png' else victim.suffix}"
+                    if n % 2 or (needs and victim.suffix != needs):
+                        target = links / f"{n}{needs or victim.suffix}"
                         os.link(victim, target)
                     outputs = _outputs(command, out) | {opt: target}
                     yield command, opt, victim, case.argv(outputs)
@@ -217,7 +233,7 @@ def test_no_output_overwrites_an_input(w: SimpleNamespace, tmp_path: Path, capsy
         assert f"{opt} " in line and "is the same file as the input" in line and victim.name in line, (argv, line)
         seen.add((command, opt))
     assert seen >= {("embed", "--out"), ("init", "--out"), ("explain", "--png"), ("tune", "--out"),
-                    ("eval", "--out"), ("eval", "--plot")}
+                    ("eval", "--out"), ("eval", "--plot"), ("predict", "--out"), ("export", "--out")}
     assert _digests(before) == before
     assert not list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob("*.png"))
 
@@ -272,15 +288,45 @@ def test_no_write_follows_a_link_or_replaces_a_fifo(w: SimpleNamespace, tmp_path
     os.mkfifo(out / "q.matches.png")
     cases.append(["explain", out / "q.safetensors"])
     expect.append(("explain", "--png", "default", "output"))
+    # export's <out>.json beside the program, a link; data get's lock inside --root, a link
+    (out / "x.pt2.json").symlink_to(user)
+    cases.append(["export", "-c", w.ckpt, "--out", out / "x.pt2"])
+    expect.append(("export", "--out", "side", "output"))
+    (out / "g").mkdir()
+    (out / "g" / ".vipamin-get.lock").symlink_to(user)
+    cases.append(["data", "get", "vtab-1k", "--root", out / "g", "--tasks", "kitti", "--from", w.vtab])
+    expect.append(("data get", "--root", "lock", "output-dir"))
     for (code, _, err), (command, opt, form, kind) in zip(_batch(cases, tmp_path, timeout=240), expect, strict=True):
         line = _one_line_error(code, err)
         assert opt in line, line
         words = {"link": "symbolic link", "fifo": "FIFO", "dir": "is a directory", "lock": "symbolic link",
-                 "default": "FIFO"}
-        assert words[form] in line or (kind == "output-dir" and "not a folder" in line), (command, opt, form, line)
+                 "default": "FIFO", "side": "symbolic link"}
+        assert words[form] in line or (kind == "output-dir" and form != "lock" and "not a folder" in line), \
+            (command, opt, form, line)
     assert user.read_text() == "precious\n"
     assert (out / "q.matches.png").is_fifo() and (out / "t.safetensors.lock").is_symlink()
+    assert (out / "x.pt2.json").is_symlink() and not (out / "x.pt2").exists()
+    assert sorted(os.listdir(out / "g")) == [".vipamin-get.lock"]
     assert not (out / "t.safetensors").exists() and not list(out.glob(".vp-*"))
+
+
+def test_a_side_file_is_never_written_onto_an_input_read_after_it_was_declared(tmp_path: Path) -> None:
+    """export declares `<out>.json` before the model is loaded; a weights file recorded in the checkpoint is
+    read only then. The last check before the write (atomic_path) still finds it, and leaves it whole."""
+    from vipamin_cli import iosafety
+    from vipamin_cli.artifacts import atomic_path
+    from vipamin_cli.errors import InputError
+
+    side = tmp_path / "m.pt2.json"
+    side.write_text("weights")
+    with iosafety.command_scope():
+        iosafety.declare_output(side, "--out", role="the metadata file", source="written beside --out")
+        iosafety.check_input(side, "weights file")  # read later, as load_classifier reads the recorded weights
+        with pytest.raises(InputError) as caught, atomic_path(side) as tmp:
+            tmp.write_text("metadata")
+    assert str(caught.value) == (f"the metadata file {side} (written beside --out) is the same file as the input "
+                                 f"weights file {side}; writing it would destroy the input; choose another --out")
+    assert side.read_text() == "weights" and sorted(os.listdir(tmp_path)) == ["m.pt2.json"]
 
 
 def test_heat_map_default_names_its_file_and_png(w: SimpleNamespace, tmp_path: Path,
@@ -376,11 +422,16 @@ def test_a_fifo_in_place_of_any_input_never_hangs(w: SimpleNamespace, tmp_path: 
         if command == "data check" and fifo.suffix != ".json":  # a data problem is reported in the table, exit 2
             assert code == 2 and "FIFO" in out and fifo.name in out and "Traceback" not in err, (out, err)
             continue
+        if command == "predict" and fifo.suffix == ".png":  # an unreadable image: its row says why, exit 3
+            line = _one_line_error(code, err, expected=3)
+            assert "FIFO" in line and fifo.name in line, line
+            continue
         line = _one_line_error(code, err)
         assert "FIFO" in line and fifo.name in line, (command, line)
     assert line == (f"error: cache entry {entry} is a FIFO (named pipe), not a regular file; delete it; vipamin makes "
                     "the entry again on the next run"), line
-    assert {c for c, _ in expect} >= {"embed", "init", "explain", "tune", "eval", "info", "benchmark", "data check"}
+    assert {c for c, _ in expect} >= {"embed", "init", "explain", "tune", "eval", "info", "benchmark", "data check",
+                                      "data get", "predict", "export"}
     assert time.monotonic() - started < 300
 
 
@@ -388,7 +439,7 @@ def _copy_inputs(w: SimpleNamespace, dest: Path) -> dict[Path, Path]:
     """A copy of the testbed and the artifacts under ``dest``; old path -> new path for every file."""
     shutil.copytree(w.tb, dest / "tb")
     mapping = {p: dest / "tb" / p.relative_to(w.tb) for p in w.tb.rglob("*") if p.is_file()}
-    for p in [*w.emb.values(), w.prompts, w.ckpt]:
+    for p in w.files:
         shutil.copyfile(p, dest / p.name)
         mapping[p] = dest / p.name
     return mapping
@@ -413,7 +464,7 @@ def _swap(arg, w: SimpleNamespace, dest: Path):
     if isinstance(arg, Path):
         if arg == w.tb or w.tb in arg.parents:
             return dest / "tb" / arg.relative_to(w.tb)
-        if arg in [*w.emb.values(), w.prompts, w.ckpt]:
+        if arg in w.files:
             return dest / arg.name
     return arg
 
@@ -732,7 +783,8 @@ def test_every_command_prints_markup_in_user_text_literally(marked: dict[str, li
         code, out, err = _run(argv, capsys)
         assert code == 0 and "Traceback" not in err, (command, out, err)
         printed[command] = out + err
-    for command in ("embed", "init", "tune", "explain", "info", "data make-testbed", "data check"):
+    for command in ("embed", "init", "tune", "explain", "info", "data make-testbed", "data check", "data get",
+                    "predict", "export"):
         assert "w[/y]" in printed[command].replace("\n", ""), (command, printed[command])
     assert "[red]t" in printed["data check"] and "[red]t" in printed["benchmark"]
 

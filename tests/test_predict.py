@@ -106,7 +106,7 @@ def test_predict_top1_and_probabilities_equal_eval(tuned: SimpleNamespace, tmp_p
     # one run, as CSV: top-1 is eval's argmax, the probabilities its softmax, the accuracy eval's top-1
     code, out, err = _run(["predict", "-c", ckpt, "-d", folder, "--run", "1", "--top-k", "3", "--batch-size", "16",
                            "--device", "cpu", "--out", tmp_path / "p.csv"], capsys)
-    assert (code, out, err) == (0, "", "")
+    assert (code, out, err) == (0, f"{tmp_path / 'p.csv'}\n", "")  # the file written, as embed and export print
     rows = _rows_by_path(tmp_path / "p.csv")
     assert sorted(rows) == sorted(tuned.paths) and len(rows) == 80
     probs = logits[1].softmax(-1)
@@ -180,7 +180,8 @@ def test_stdout_rows_list_files_stdin_and_hf_disk(tuned: SimpleNamespace, tmp_pa
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [r["path"] for r in rows] == [f"hf-disk:{tmp_path / 'hf'}:train:{i}" for i in range(3)]
     assert [r["class_1"] for r in rows[:2]] == [reference[p][0] for p in tuned.paths[:2]]
-    # the reader of stdout goes away (`vipamin predict ... | head -n 1`): a quiet stop, exit 0
+    # the reader of stdout goes away (`vipamin predict ... | head -n 1`): a quiet stop, exit 141 (128 + SIGPIPE,
+    # as the shell reports for a Unix tool ended by the pipe: the choice of issue 21 for every command)
     from vipamin_cli.cli import main
 
     class ClosedPipe(io.StringIO):
@@ -189,7 +190,7 @@ def test_stdout_rows_list_files_stdin_and_hf_disk(tuned: SimpleNamespace, tmp_pa
 
     capsys.readouterr()
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
-    assert main(["predict", "-c", ckpt, "-d", tuned.digits / "test", "--device", "cpu"]) == 0
+    assert main(["predict", "-c", ckpt, "-d", tuned.digits / "test", "--device", "cpu"]) == 141
     assert capsys.readouterr().err == ""
 
 
@@ -399,7 +400,7 @@ def test_bad_inputs_are_one_line_and_leave_nothing(tuned: SimpleNamespace, tmp_p
     # a corrupt image in the folder: one stderr line, an error row, the others predicted, exit 3
     (folder / "sub" / "1.png").write_bytes(b"not a png")
     code, stdout, err = _run([*predict, "--out", out / "p.jsonl"], capsys)
-    assert code == 3 and stdout == "", err
+    assert code == 3 and stdout == f"{out / 'p.jsonl'}\n", err  # the file written, like embed and export
     assert err.strip().splitlines() == [f"error: cannot read image {folder / 'sub' / '1.png'}: cannot identify image "
                                         f"file '{folder / 'sub' / '1.png'}'; remove or replace the file"]
     rows = [json.loads(line) for line in (out / "p.jsonl").read_text().splitlines()]

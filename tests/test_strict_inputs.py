@@ -89,8 +89,8 @@ def click_exceptions():
 
 
 def _required(command: str) -> list[str]:
-    return {"benchmark": ["--suite", "testbed", "--root", ".", "--backbone", "vit-tiny-test", "--out", "o"]}.get(
-        command, [])
+    return {"benchmark": ["--suite", "testbed", "--root", ".", "--backbone", "vit-tiny-test", "--out", "o"],
+            "data make-testbed": ["tb"], "data check": ["."], "data get": ["vtab-1k", "--root", "r"]}.get(command, [])
 
 
 @pytest.mark.parametrize(("command", "option"), [(c, o) for c, opts in LIST_OPTIONS.items() for o in opts])
@@ -104,7 +104,7 @@ def test_every_list_option_refuses_loose_numbers_and_repeats(command: str, optio
     if kind is not str:
         cases += [(f"1,{v.strip() or v}", "is not") for v in ("1_0", "+2", "١")]
     for value, text in cases:
-        code, out, err = _run([command, *_required(command), option, value], capsys)
+        code, out, err = _run([*command.split(), *_required(command), option, value], capsys)
         assert code == 2 and out == "" and err.count("\n") == 1 and option in err and text in err, (value, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 

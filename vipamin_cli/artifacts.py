@@ -84,6 +84,7 @@ def atomic_path(path: str | os.PathLike, what: str | None = None, sync: bool = T
 
     dest = Path(path)
     out = iosafety.output_for(dest, what)
+    iosafety.check_not_read(dest, out)
     parent = dest.parent if str(dest.parent) else Path(".")
     if not parent.exists():
         try:
@@ -107,6 +108,7 @@ def atomic_path(path: str | os.PathLike, what: str | None = None, sync: bool = T
                 with open(tmp_path, "rb") as fh:
                     os.fsync(fh.fileno())
             iosafety.check_replaceable(dest, out)
+            iosafety.check_not_read(dest, out)
             os.replace(tmp_path, dest)
         iosafety.mark_written(dest)
     except BaseException:

@@ -612,6 +612,8 @@ def predict(
     summary = run_predict(checkpoint, data, out=out, top_k=top_k, fmt=fmt, run=run, device=device,
                           batch_size=batch_size, workers=workers, split=split, image_column=image_column,
                           backbone=backbone, weights=weights)
+    if summary.out is not None:
+        typer.echo(str(summary.out))  # like embed, init, tune and export: the file written
     if summary.failed:
         raise typer.Exit(PARTIAL_EXIT)
 
@@ -713,7 +715,7 @@ def data_make_testbed(
     from .testbed.make import make_testbed
     from .ui import info
 
-    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    names = _strings(tasks, "--tasks") if tasks is not None else None
     manifest = make_testbed(dest, seed=seed, tasks=names, test_size=test_size, progress=lambda t: info(f"task {t}"))
     typer.echo(str(manifest))
 
@@ -733,7 +735,7 @@ def data_check(
     from .data.check import check_data, render_report
     from .ui import info
 
-    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    names = _strings(tasks, "--tasks") if tasks is not None else None
     report = check_data(root, suite, decode=not fast, tasks=names, progress=lambda t: info(f"checking {t}"))
     if as_json:
         typer.echo(json.dumps({"suite": report.suite, "root": report.root, "ok": report.ok,
@@ -757,7 +759,7 @@ def data_get(
     = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be downloaded and unpacked.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Unpack again tasks this command unpacked "
-                                            "before.")] = False,
+                                            "before (refused if you added files to them).")] = False,
     force_download: Annotated[bool, typer.Option("--force-download", help="Download again even if the Hugging "
                                                  "Face cache has the file.")] = False,
 ) -> None:
@@ -766,7 +768,7 @@ def data_get(
     from .data.get import get_data
     from .ui import info
 
-    names = [t.strip() for t in tasks.split(",")] if tasks is not None else None
+    names = _strings(tasks, "--tasks") if tasks is not None else None
     report = get_data(suite, root, tasks=names, from_files=from_files or (), dry_run=dry_run, overwrite=overwrite,
                       force_download=force_download, note=info)
     for line in report.lines:

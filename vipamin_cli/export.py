@@ -8,6 +8,7 @@ and head. The class names and the preprocessing go into the ``.pt2`` file (extra
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from .errors import InputError, RuntimeFailure
+from .iosafety import command_scope
 
 EXTRA_FILE = "vipamin.json"
 EXPORT_FORMAT = "vipamin-export"
@@ -36,14 +38,18 @@ def sidecar_path(out: str | os.PathLike) -> Path:
     return Path(f"{os.fspath(out)}.json")
 
 
-def check_export_request(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """The output paths, checked before the model is built."""
-    from .validate import output_path
+def check_export_request(checkpoint: str | os.PathLike, out: str | os.PathLike,
+                         weights: str | os.PathLike | None = None) -> Path:
+    """Both output paths (the program and ``<out>.json``), checked before the model is built: never one of
+    the inputs, a link, a FIFO or a folder (iosafety)."""
+    from .iosafety import declare_output
 
     if Path(out).suffix.lower() != ".pt2":
         raise InputError(f"--out {out} must end in .pt2 (a torch.export archive)", "pass e.g. --out model.pt2")
-    dest = output_path(out, "--out", [("--checkpoint", checkpoint)])
-    output_path(sidecar_path(out), "--out's JSON", [("--checkpoint", checkpoint)])
+    inputs = [("--checkpoint", checkpoint), ("--weights", weights)]
+    dest = declare_output(out, "--out", inputs=inputs)
+    declare_output(sidecar_path(out), "--out", role="the metadata file", inputs=inputs,
+                   source="written beside --out as <out>.json")
     return dest
 
 
@@ -94,22 +100,71 @@ def check_program(program: Any, model: torch.nn.Module, img_size: int) -> float:
     return diff
 
 
+class _KeepFirstError(io.RawIOBase):
+    """A binary file for torch's archive writer that keeps the first write error instead of raising it in
+    the writer: torch's zip writer aborts the whole process (``terminate called``) when a write fails and
+    it then finishes the archive in its destructor. The error is raised once the writer is done."""
+
+    def __init__(self, fh: Any) -> None:
+        super().__init__()
+        self._fh, self.error = fh, None
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def _keep(self, call: Any, *args: Any) -> Any:
+        if self.error is None:
+            try:
+                return call(*args)
+            except OSError as exc:
+                self.error = exc
+        return None
+
+    def write(self, data: Any) -> int:
+        self._keep(self._fh.write, data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._keep(self._fh.seek, offset, whence) or 0
+
+    def tell(self) -> int:
+        return self._keep(self._fh.tell) or 0
+
+    def flush(self) -> None:
+        self._keep(self._fh.flush)
+
+    def raise_error(self) -> None:
+        self.flush()
+        if self.error is not None:
+            raise self.error
+
+
+@command_scope()
 def export_classifier(checkpoint: str | os.PathLike, out: str | os.PathLike, run: int | None = None,
                       backbone: str | None = None, weights: str | os.PathLike | None = None) -> ExportResult:
-    """The library form of `vipamin export`: write ``out`` (.pt2) and ``<out>.json`` atomically."""
+    """The library form of `vipamin export`: write ``out`` (.pt2) and ``<out>.json`` atomically.
+
+    Both temporary files are made before the trace, so an unwritable folder fails before the slow part;
+    the program is renamed into place first, then its metadata file.
+    """
     from .artifacts import atomic_path
     from .classifier import load_classifier
 
-    dest = check_export_request(checkpoint, out)
+    dest = check_export_request(checkpoint, out, weights)
+    side = sidecar_path(dest)
     model = load_classifier(checkpoint, device="cpu", run=run, backbone=backbone, weights=weights)
     model.requires_grad_(False)
-    program = trace(model, model.img_size)
-    diff = check_program(program, model, model.img_size)
-    meta = export_meta(model, checkpoint, run)
-    text = json.dumps(meta, indent=2)
-    with atomic_path(dest) as tmp, open(tmp, "wb") as fh:  # a file object: torch wants .pt2 names otherwise
-        torch.export.save(program, fh, extra_files={EXTRA_FILE: text})
-    side = sidecar_path(dest)
-    with atomic_path(side, "--out") as tmp:
-        tmp.write_text(text + "\n")
+    with atomic_path(side, "--out") as side_tmp, atomic_path(dest) as tmp:
+        program = trace(model, model.img_size)
+        diff = check_program(program, model, model.img_size)
+        meta = export_meta(model, checkpoint, run)
+        text = json.dumps(meta, indent=2)
+        with open(tmp, "wb") as fh:  # a file object: torch wants .pt2 names otherwise
+            sink = _KeepFirstError(fh)
+            torch.export.save(program, sink, extra_files={EXTRA_FILE: text})
+            sink.raise_error()  # a full disk: one line naming --out (atomic_path), the temporary file removed
+        side_tmp.write_text(text + "\n")
     return ExportResult(out=dest, sidecar=side, meta=meta, max_abs_diff=diff)

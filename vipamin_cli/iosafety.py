@@ -52,6 +52,9 @@ PATH_OPTIONS: dict[str, dict[str, str]] = {
     "demo": {"--out": "output-dir"},
     "data make-testbed": {"DEST": "output-dir"},
     "data check": {"ROOT": "input"},
+    "data get": {"--root": "output-dir", "--from": "input"},
+    "predict": {"--checkpoint": "input", "--data": "input", "--weights": "input", "--out": "output"},
+    "export": {"--checkpoint": "input", "--weights": "input", "--out": "output"},
 }
 
 TEMP_PREFIX = ".vp-"
@@ -457,6 +460,72 @@ def os_error_line(exc: OSError) -> VipaminError | None:
     if name is not None:
         return InputError(f"cannot use {name}: {exc.strerror or exc}", "check the path, its permissions and free space")
     return None
+
+
+def check_not_read(dest: Path, out: Output) -> None:
+    """Just before a write lands on ``dest``: it is still none of the files the command has read (an input
+    read after the output was declared, e.g. a weights file named in the checkpoint's metadata)."""
+    scope = current()
+    ident = _ident(dest)
+    if scope is None or ident is None or ident in scope.ours:
+        return
+    if ident in scope.inputs:
+        what, where = scope.inputs[ident]
+        raise _same_as_input(out, what, where)
+    checked = Output(dest, out.option, out.role, ident=ident, source=out.source)
+    for entry in scope.sets:
+        _check_against_set(checked, entry)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Deleting only what the command can prove it made
+
+
+def listing(root: Path) -> tuple[list[str], list[str]]:
+    """Every file (and non-folder entry) and every folder under ``root``, relative, links not followed."""
+    files, folders = [], []
+    for here, dirs, names in os.walk(root, followlinks=False):
+        rel = Path(here).relative_to(root)
+        for d in list(dirs):
+            if os.path.islink(os.path.join(here, d)):
+                dirs.remove(d)
+                files.append((rel / d).as_posix())
+            else:
+                folders.append((rel / d).as_posix())
+        files += [(rel / n).as_posix() for n in names]
+    return files, folders
+
+
+def unlisted(root: Path, listed: Iterable[str]) -> str | None:
+    """The first entry under ``root`` that is not in ``listed`` (or is a link / not a regular file there):
+    what a folder holds beyond the record its maker kept, so it is not provably the maker's."""
+    known = set(listed)
+    files, _ = listing(root)
+    for rel in sorted(files):
+        path = root / rel
+        if rel not in known or os.path.islink(path) or not path.is_file():
+            return rel
+    return None
+
+
+def remove_listed(root: Path, files: Iterable[str], what: str) -> bool:
+    """Delete the listed files under ``root``, then the folders they leave empty, then ``root``; anything
+    else stays, and a note says where (``what`` names the folder). True when ``root`` is gone."""
+    for rel in files:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            (root / rel).unlink()
+    _, folders = listing(root)
+    for rel in sorted(folders, key=lambda f: f.count("/"), reverse=True):
+        with contextlib.suppress(OSError):
+            (root / rel).rmdir()
+    try:
+        root.rmdir()
+    except OSError:
+        from .ui import info
+
+        info(f"note: {what} was moved to {root}; some files there were not vipamin's, so they were kept")
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------------------------

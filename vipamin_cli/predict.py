@@ -22,6 +22,7 @@ from typing import IO, Any
 import torch
 
 from .errors import InputError
+from .iosafety import command_scope
 from .ui import progress_bar
 
 FORMATS = ("auto", "text", "csv", "jsonl")
@@ -101,11 +102,11 @@ def _list_entries(text: str, base: str | None) -> list[Item]:
 
 
 def _read_list(data: str, stdin: IO[str] | None) -> list[Item]:
-    from .validate import regular_input
+    from .iosafety import check_input
 
     if data == "-":
         return _list_entries((stdin or sys.stdin).read(), None)
-    regular_input(data, "list file", _DATA_FIX)
+    check_input(data, "list file", _DATA_FIX)  # the one gate: a FIFO is refused before it could block
     try:
         text = Path(data).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -316,23 +317,14 @@ def format_rows(fmt: str, top_k: int) -> tuple[str | None, Callable[[Prediction]
                                      else [p.path] + [f"{c}\t{v:.4f}" for c, v in p.top])
 
 
-class _Stdout:
-    """Writes to whatever ``sys.stdout`` is now (a live progress bar on a terminal redirects it)."""
-
-    def write(self, text: str) -> None:
-        sys.stdout.write(text)
-
-    def flush(self) -> None:
-        sys.stdout.flush()
-
-
 @contextlib.contextmanager
 def _sink(out: str | os.PathLike | None) -> Iterator[IO[str]]:
-    """stdout, or a temporary file renamed onto ``out`` only when every row is written."""
+    """stdout as it is now (the guarded stream of the CLI: a closed pipe ends the command quietly), or a
+    temporary file renamed onto ``out`` only when every row is written."""
     from .artifacts import atomic_path
 
     if out is None:
-        yield _Stdout()
+        yield sys.stdout
         return
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         yield fh
@@ -353,19 +345,15 @@ def check_predict_request(checkpoint: str | os.PathLike, data: list[str], out: s
     return resolved
 
 
-def _refuse_out_onto_images(out: str | os.PathLike, items: list[Item]) -> None:
-    """An existing --out that is one of the images (any spelling or link) would destroy it: refuse."""
-    if not os.path.exists(out):
-        return
-    target = os.stat(out)
-    for item in items:
-        with contextlib.suppress(OSError, TypeError):
-            st = os.stat(item.source)  # type: ignore[arg-type]
-            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
-                raise InputError(f"--out {out} is the same file as the input image {item.path}",
-                                 "choose another --out")
+def declare_images(items: list[Item]) -> None:
+    """The image files are the command's inputs (iosafety compares every output with them by identity;
+    each is opened through the gate, which refuses a FIFO, when its batch is decoded)."""
+    from .iosafety import declare_input_set
+
+    declare_input_set("--data", "", [item.source for item in items if isinstance(item.source, str)])
 
 
+@command_scope()
 def predict(checkpoint: str | os.PathLike, data: list[str] | str, out: str | os.PathLike | None = None,
             top_k: int = 5, fmt: str = "auto", run: int | None = None, device: str = "auto",
             batch_size: int = 64, workers: int | None = None, split: str | None = None,
@@ -383,10 +371,9 @@ def predict(checkpoint: str | os.PathLike, data: list[str] | str, out: str | os.
     data = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     fmt = check_predict_request(checkpoint, data, out, fmt, top_k, batch_size, workers)
     dev = resolve_device(device)
-    model = load_classifier(checkpoint, device=dev, run=run, backbone=backbone, weights=weights)
     items, datasets_ = resolve_inputs(data, split=split, image_column=image_column)
-    if out is not None:
-        _refuse_out_onto_images(out, items)
+    declare_images(items)  # before the model is built: --out onto an image is refused at once
+    model = load_classifier(checkpoint, device=dev, run=run, backbone=backbone, weights=weights)
     if workers is None:
         workers = 0 if dev.type == "cpu" else min(8, os.cpu_count() or 1)
     report = on_error or (lambda line: sys.stderr.write(f"error: {line}\n"))

@@ -107,7 +107,7 @@ def resume_backbone(inputs: TuneInputs, out: Path) -> TuneInputs:
     partial = partial_path(out)
     if inputs.embeddings is not None or inputs.data is None or not partial.exists():
         return inputs  # embeddings carry their backbone; "nothing to resume" is reported later
-    identity = read_metadata(partial)["backbone"]
+    identity = read_metadata(partial, own=True)["backbone"]  # the command's own state, not an input
     load_backbone_from_identity(identity, backbone=inputs.backbone, weights=inputs.weights,
                                 what=f"the resume state {partial}")
     return replace(inputs, backbone=identity["name"],

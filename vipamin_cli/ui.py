@@ -108,6 +108,13 @@ def guarded_stdout() -> Iterator[None]:
             sys.stdout = original
 
 
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def quiet() -> bool:
     return os.environ.get("VIPAMIN_QUIET", "") not in ("", "0")
 
@@ -128,7 +135,10 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
     """A rich progress bar on stderr (silent when VIPAMIN_QUIET is set)."""
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
-    with Progress(*columns, console=err_console(), disable=not enabled or quiet(), transient=False) as progress:
+    # rich sends what is printed to stdout during a live bar through the bar's console, which is stderr:
+    # right when both are one terminal, but rows meant for `> file` or `| head` would land on the terminal
+    with Progress(*columns, console=err_console(), disable=not enabled or quiet(), transient=False,
+                  redirect_stdout=_is_terminal(sys.stdout)) as progress:
         task = progress.add_task(_escape(description), total=total, status="")
         yield Bar(progress, task)
 

@@ -28,6 +28,9 @@ LIST_OPTIONS: dict[str, dict[str, type]] = {
     "benchmark": {"--methods": str, "--tasks": str, "--lr": float, "--full-lr": float, "--weight-decay": float,
                   "--seeds": int, "--k": int, "--lambda": float, "--orth": str, "--orth-scale": str,
                   "--orth-rcond": str},
+    "data make-testbed": {"--tasks": str},
+    "data check": {"--tasks": str},
+    "data get": {"--tasks": str},
 }
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vipamin_cli import validate
+from vipamin_cli import iosafety, validate
 from vipamin_cli.errors import InputError, Interrupted, RuntimeFailure
 
 from . import hub as hubmod
@@ -94,13 +94,15 @@ class GetReport:
                               "see the lines above: get the archives they name, or unpack again with --overwrite")
 
 
+@iosafety.command_scope()
 def get_data(suite: str, root: str | os.PathLike, tasks: Iterable[str] | None = None,
              from_files: Iterable[str | os.PathLike] = (), dry_run: bool = False, overwrite: bool = False,
              force_download: bool = False, note: Callable[[str], None] | None = None) -> GetReport:
     """Fetch (or take ``from_files``), unpack into ``root/<task>/`` and check each task of ``suite``.
 
-    A finished task folder is kept unless ``overwrite``; a folder not made by this function is never
-    deleted. ``dry_run`` only reports what would be downloaded and unpacked.
+    A finished task folder is kept unless ``overwrite``, and replaced then only when every file in it is
+    one its record lists (vipamin deletes only what it can prove it made); a folder not made by this
+    function is never deleted. ``dry_run`` only reports what would be downloaded and unpacked.
     """
     say = note or (lambda _m: None)
     suite = _suite(suite)
@@ -113,6 +115,9 @@ def get_data(suite: str, root: str | os.PathLike, tasks: Iterable[str] | None = 
         raise InputError(f"{root / folder_of(suite, foreign[0])} exists and was not made by `vipamin data get`; "
                          "--overwrite only replaces folders it made", "move that folder away, or pick another --root")
     todo = [t for t in wanted if states[t] == "absent" or (overwrite and states[t] == "ours")]
+    for t in todo:
+        if states[t] == "ours":  # refused before any download, naming the file that is not ours
+            staging.check_replaceable(root / folder_of(suite, t))
     hub = hubmod.settings()
     if dry_run:
         return _dry_run(suite, root, wanted, states, todo, froms, hub)
@@ -152,7 +157,10 @@ def _wanted(suite: str, tasks: Iterable[str] | None) -> list[str]:
     table = VTAB_TASKS if suite == "vtab-1k" else FGVC_TASKS
     if tasks is None:
         return list(table)
-    names = list(dict.fromkeys(t.strip() for t in tasks if t.strip()))
+    from vipamin_cli.parsing import distinct
+
+    names = [t.strip() for t in tasks if t.strip()]
+    distinct(names, "--tasks")  # a repeated task is refused, as in every list option
     unknown = [t for t in names if t not in table]
     if unknown or not names:
         raise InputError(f"unknown {suite} task(s): {', '.join(unknown) or '(none given)'}",
@@ -161,10 +169,11 @@ def _wanted(suite: str, tasks: Iterable[str] | None) -> list[str]:
 
 
 def _root(root: Path, create: bool) -> Path:
-    """``--root`` must be (or become, with ``create``) a writable folder; checked before any download."""
-    if os.path.lexists(root) and not root.is_dir():
-        raise InputError(f"--root {root} is not a directory", "point --root at a directory (it is created if missing)")
-    if create:
+    """``--root`` must be (or become, with ``create``) a writable folder; checked before any download.
+    It is the command's declared output folder (iosafety): never a file, a FIFO or a broken link."""
+    if not create:
+        iosafety.declare_output_dir(root, "--root")
+    else:
         validate.cache_dir(root, "--root")
         if not os.access(root, os.W_OK | os.X_OK):
             raise InputError(f"--root {root} is not writable", "point --root at a directory you can write to")
@@ -187,6 +196,7 @@ def _open_hub(repo: str, filename: str, hub: hubmod.HubSettings, force: bool, sa
     path = hubmod.download(repo, filename, hub, force=force)
     blob = path.resolve()
     fix = f"delete {blob} from the Hugging Face cache, or run the same command with --force-download"
+    iosafety.check_input(blob, "downloaded archive", fix)  # a FIFO in the cache would block the reader
     archive = open_archive(path, fix)
     return Source(archive, {"archive": filename, "repo": repo, "revision": hubmod.revision_of(path),
                             "path": str(blob), "size": blob.stat().st_size})
@@ -368,9 +378,9 @@ def _install(root: Path, suite: str, task: str, folder: str, parts: list[Part]) 
 
     need, free = space_needed(parts), shutil.disk_usage(root).free
     if free < need:
-        raise RuntimeFailure(f"not enough free space in {root} to unpack {task}: it needs {_gb(need)}, "
-                             f"{_gb(free)} are free", "free disk space or choose another --root (finished tasks "
-                             "are kept; run the same command again)")
+        raise RuntimeFailure(f"no space left on {root} to unpack {task}: it needs {_gb(need)}, "
+                             f"{_gb(free)} are free", "free disk space or choose another --root location (finished "
+                             "tasks are kept; run the same command again)")
     total = sum(1 for part in parts for member, _ in part.plan if not member.is_dir)
     with staging.staging(root, folder) as tmp:
         files = size = 0

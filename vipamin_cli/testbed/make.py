@@ -13,7 +13,6 @@ holds ``images/{train,test}/NNNNN.png`` and ``train800.txt``, ``val200.txt``, ``
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -320,18 +319,9 @@ _NOT_OURS = "move it away, or choose a new DEST folder"
 
 
 def _listing(root: Path) -> tuple[list[str], list[str]]:
-    """Every file (and non-folder entry) and every folder under ``root``, relative, links not followed."""
-    files, folders = [], []
-    for here, dirs, names in os.walk(root, followlinks=False):
-        rel = Path(here).relative_to(root)
-        for d in list(dirs):
-            if os.path.islink(os.path.join(here, d)):
-                dirs.remove(d)
-                files.append((rel / d).as_posix())
-            else:
-                folders.append((rel / d).as_posix())
-        files += [(rel / n).as_posix() for n in names]
-    return files, folders
+    from vipamin_cli.iosafety import listing
+
+    return listing(root)
 
 
 def _previous_testbed(dest: Path, names: list[str]) -> dict | None:
@@ -392,19 +382,9 @@ def _swap_in(tmp: Path, dest: Path, previous: dict | None) -> None:
 
 def _remove_listed(root: Path, files: list[str]) -> None:
     """Delete the listed files, then the folders they leave empty; anything else stays (and says so)."""
-    for rel in files:
-        with contextlib.suppress(FileNotFoundError):
-            (root / rel).unlink()
-    _, folders = _listing(root)
-    for rel in sorted(folders, key=lambda f: f.count("/"), reverse=True):
-        with contextlib.suppress(OSError):
-            (root / rel).rmdir()
-    try:
-        root.rmdir()
-    except OSError:
-        from vipamin_cli.ui import info
+    from vipamin_cli.iosafety import remove_listed
 
-        info(f"note: the previous testbed was moved to {root}; some files there were not vipamin's, so they were kept")
+    remove_listed(root, files, "the previous testbed")
 
 
 def read_manifest(root: str | os.PathLike, own: bool = False) -> dict:

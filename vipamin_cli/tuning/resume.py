@@ -112,7 +112,7 @@ def load_resume_state(partial: Path, sig: dict[str, Any], resume: bool) -> Resum
 
 
 def _read(partial: Path, sig: dict[str, Any]) -> ResumeState:
-    part = load_artifact(partial, "checkpoint", what="--resume state")
+    part = load_artifact(partial, "checkpoint", what="--resume state", own=True)
     if part.meta.get("signature") != sig:
         raise InputError(f"{partial} belongs to a run with other options or inputs",
                          "repeat the original command with --resume, or delete the file to start over")
