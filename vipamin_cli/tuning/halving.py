@@ -167,3 +167,24 @@ def replay(curves: Mapping[Key, Sequence[Sequence[Mapping[str, Any]]]], epochs: 
             alive = [k for k in alive if k in kept]
         previous = epoch
     return out
+
+
+def rung_history(run: Mapping[str, Any]) -> tuple[str, str, str]:
+    """A run's rung history as table cells: epochs trained, where it was pruned ("-": it reached the
+    last rung), and its configuration's score at each rung it reached ("epoch:score", "-" if none)."""
+    pruned = run.get("pruned_at_rung")
+    scores = run.get("rung_scores") or []
+    at = next((s["epoch"] for s in scores if s["rung"] == pruned), None) if pruned is not None else None
+    where = "-" if pruned is None else f"rung {pruned + 1}" + (f" (epoch {at})" if at is not None else "")
+    shown = " ".join(f"{s['epoch']}:{s['score']:.1f}" for s in scores) or "-"
+    return str(run.get("epochs_trained", len(run.get("history", [])))), where, shown
+
+
+def sweep_headline(sweep: Mapping[str, Any]) -> str:
+    """One line on how a sweep ran and what it spent: its mode, rungs and candidate-epochs."""
+    mode = sweep.get("mode", "grid")
+    spent = (f"{sweep['candidate_epochs']} of {sweep['grid_candidate_epochs']} candidate-epochs"
+             if "candidate_epochs" in sweep else "")
+    if mode != "halving":
+        return f"grid sweep{': ' + spent if spent else ''}"
+    return f"halving sweep (eta {sweep.get('eta')}, rungs at epochs {sweep.get('rungs')}){': ' + spent if spent else ''}"
