@@ -185,6 +185,7 @@ def sweep_headline(sweep: Mapping[str, Any]) -> str:
     mode = sweep.get("mode", "grid")
     spent = (f"{sweep['candidate_epochs']} of {sweep['grid_candidate_epochs']} candidate-epochs"
              if "candidate_epochs" in sweep else "")
-    if mode != "halving":
-        return f"grid sweep{': ' + spent if spent else ''}"
-    return f"halving sweep (eta {sweep.get('eta')}, rungs at epochs {sweep.get('rungs')}){': ' + spent if spent else ''}"
+    head = "grid sweep"
+    if mode == "halving":
+        head = f"halving sweep (eta {sweep.get('eta')}, rungs at epochs {sweep.get('rungs')})"
+    return head + (f": {spent}" if spent else "")
