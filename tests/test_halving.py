@@ -189,6 +189,18 @@ def test_halving_resumes_at_the_end_of_a_rung_and_between_rungs(emb, sweeps, tmp
         assert not (tmp_path / f"{name}.partial.safetensors").exists()
 
 
+def test_a_diverged_candidate_scores_zero_and_is_pruned(emb, tmp_path) -> None:
+    base = TuneConfig(epochs=3, warmup_epochs=0, prompt_dropout=0.0, batch_size=8)
+    outcome = tune(_inputs(emb), base, [0.3, 1e32], [0.01], [42], tmp_path / "d.safetensors", device="cpu",
+                   show_progress=False, sweep=HALVING)
+    runs = {r["config"]["lr"]: r for r in outcome.sweep["runs"]}
+    bad = runs[1e32]
+    assert bad["diverged"] and bad["final_val_top1"] == 0.0 and bad["pruned_at_rung"] == 0
+    assert bad["epochs_trained"] == 1 and bad["rung_scores"][0]["score"] == 0.0
+    assert runs[0.3]["pruned_at_rung"] is None and runs[0.3]["epochs_trained"] == 3
+    assert outcome.sweep["chosen"]["lr"] == 0.3 and outcome.sweep["candidate_epochs"] == 4
+
+
 def test_info_and_the_sweep_table_show_the_rung_history(sweeps, cli, capsys, monkeypatch) -> None:
     code, stdout, stderr = cli("info", str(sweeps["root"] / "halving.safetensors"))
     assert code == 0, stderr
@@ -238,6 +250,12 @@ def test_benchmark_halving_cell_is_what_the_replay_of_its_grid_cell_predicts(tmp
     args = ["benchmark", "--suite", "testbed", "--root", str(tmp_path / "tb"), "--backbone", "vit-tiny-test",
             "--methods", "vipamin", "--preset", "quick", "--epochs", "3", "--warmup-epochs", "0", "--lr", "0.5,2",
             "--k", "2,4", "--seeds", "1", "-p", "2", "--calib-size", "8", "--device", "cpu", "--no-plot"]
+    for extra, text in ((["--sweep", "halving", "--eta", "1"], "--eta 1"),
+                        (["--sweep", "halving", "--min-epochs", "4"], "--min-epochs 4 is above --epochs 3"),
+                        (["--eta", "2"], "--eta 2 applies to --sweep halving only")):
+        code, _, stderr = cli(*args, "--out", str(tmp_path / "bad"), *extra)
+        assert code == 2 and text in stderr and stderr.count("\n") == 1, (extra, stderr)
+        assert not (tmp_path / "bad").exists()
     code, _, stderr = cli(*args, "--out", str(tmp_path / "grid"))
     assert code == 0, stderr
     code, _, stderr = cli(*args, "--out", str(tmp_path / "halving"), "--sweep", "halving", "--eta", "2",
