@@ -247,7 +247,7 @@ def test_benchmark_full_cell_trains_every_weight_with_its_own_lr_grid(tiny_testb
     task = resolve_suite("testbed", tiny_testbed, ["mnist"]).tasks[0]
     spec = BenchmarkSpec(suite="testbed", root=tiny_testbed, backbone="vit-tiny-test", out="o", preset="quick")
     preset, cells = protocols(spec, ["random"])
-    assert cell_signature(task, "random", preset, spec, cells["random"])["preset"] == {
+    assert cell_signature(task, "random", preset, spec, cells["random"], inputs={})["preset"] == {
         k: v for k, v in asdict(preset).items() if k != "full_lrs"}
     code, _, stderr = cli(*args, "--full-lr", "0")
     assert code == 2 and "--full-lr 0" in stderr

@@ -510,9 +510,10 @@ def test_ctrl_c_during_every_command(w: SimpleNamespace, tmp_path: Path, capsys:
     assert 130 in codes.values(), codes
 
 
-def _slow_images(root: Path, n: int = 3) -> Path:
-    """A VTAB-layout task whose images are large (13,000 x 13,000 1-bit PNGs, 169 Mpx, 25 KB each): each
-    takes seconds to decode, so `data check` is still reading them when Ctrl-C comes."""
+def _slow_images(root: Path, n: int = 30) -> Path:
+    """A VTAB-layout task whose images are large (13,000 x 13,000 1-bit PNGs, 169 Mpx, 25 KB each): 30 of
+    them take about 6 s to decode on an idle 2-core machine, so `data check` is still reading them when
+    Ctrl-C comes a second after it starts."""
     from PIL import Image
 
     task = root / "dtd"
