@@ -165,7 +165,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sweeps = [s for p in args.records for s in load(p)]
     if not sweeps:
         raise SystemExit("no grid sweep in the records")
-    rows = [compare(s, args.eta, args.min_epochs) for s in sweeps]
+    try:
+        rows = [compare(s, args.eta, args.min_epochs) for s in sweeps]
+    except ValueError as e:  # a grid run with --val-every > 1 has no score at some rungs
+        raise SystemExit(f"error: {e}") from None
     print(table(rows))
     total = sum(r["halving_candidate_epochs"] for r in rows) / sum(r["grid_candidate_epochs"] for r in rows)
     print(f"\nhalving (eta {args.eta}): {total:.3f} of the grid's candidate-epochs; "
