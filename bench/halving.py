@@ -176,7 +176,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{statistics.fmean(r['val_regret'] for r in rows):.2f} points")
     result: dict[str, Any] = {"eta": args.eta, "min_epochs": args.min_epochs, "sweeps": rows}
     if args.search:
-        result["search"] = search(sweeps, [int(e) for e in args.etas.split(",")])
+        try:
+            result["search"] = search(sweeps, [int(e) for e in args.etas.split(",")])
+        except ValueError as e:
+            raise SystemExit(f"error: {e} (the search needs every epoch validated)") from None
         print("\n" + search_table(result["search"]))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2))
