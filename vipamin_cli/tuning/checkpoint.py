@@ -93,7 +93,8 @@ def render_sweep(sweep: dict[str, Any]) -> None:
     chosen = sweep["chosen"]
     for r in sweep["runs"]:
         c = r["config"]
-        picked = validated and (c["lr"], c["weight_decay"]) == (chosen["lr"], chosen["weight_decay"])
+        picked = validated and (r.get("init_index", 0), c["lr"], c["weight_decay"]) == (
+            chosen.get("init_index", 0), chosen["lr"], chosen["weight_decay"])
         mark = "* " if picked else "  "
         best = f"{r['best']['val_top1']:.2f} ({r['best']['epoch']})" if r["best"] else "-"
         final = f"{r['final_val_top1']:.2f}" if r["final_val_top1"] is not None else "-"
