@@ -260,3 +260,39 @@ def test_distributed_benchmark_results_equal_single_process(tmp_path_factory: py
     assert [r["rank"] for r in runs] == [0, 1]  # one configuration per group, a group per rank
     tables = [(tmp_path / d / "bench" / "table.md").read_text() for d in ("one", "two")]
     assert tables[0] == tables[1]
+
+
+def test_halving_sweep_sharded_and_resumed_equals_single_process(embedded: Path, tmp_path: Path) -> None:
+    """--sweep halving under torchrun (6 configurations, rungs at epochs 1, 2, 3 keeping 3 then 2):
+    every rung's groups dealt over the ranks, survivors handed to the rank that trains them next. Rank 1
+    is stopped in the second rung (after the first rung's pruning and hand-over); the resumed run writes
+    the single process's checkpoint and the same pruning record."""
+    stopper = tmp_path / "stopper.py"
+    stopper.write_text(STOPPER)
+    args = ["tune", "-e", str(embedded / "train.safetensors"), "--val-embeddings", str(embedded / "val.safetensors"),
+            *SWEEP, "--epochs", "3", "--sweep", "halving", "--eta", "2", "--min-epochs", "1"]  # click keeps the last
+    _single([*args, "--out", "one.safetensors"], tmp_path)
+    results = _ranks([*args, "--out", "cut.safetensors"], [tmp_path, tmp_path], entry=[str(stopper)],
+                     STOP_RANK="1", STOP_AFTER="2")
+    assert [r[0] for r in results] == [130, 130], results[0][2] + results[1][2]
+    kept = {r: load_artifact(tmp_path / f"cut.rank{r}.partial.safetensors").meta for r in (0, 1)}
+    assert kept[0]["halving"]["rung"] == kept[1]["halving"]["rung"] == 1  # both ranks past the first pruning
+    assert sorted(kept[0]["halving"]["pruned"]) == sorted(kept[1]["halving"]["pruned"]) and kept[0]["halving"]["pruned"]
+    results = _ranks([*args, "--out", "cut.safetensors", "--resume"], [tmp_path, tmp_path])
+    assert [r[0] for r in results] == [0, 0], results[0][2] + results[1][2]
+    _same_tensors(tmp_path / "one.safetensors", tmp_path / "cut.safetensors")
+    one, cut = load_artifact(tmp_path / "one.safetensors").meta, load_artifact(tmp_path / "cut.safetensors").meta
+    assert cut["selection"] == one["selection"] and one["sweep"]["rungs"] == [1, 2, 3]
+
+    def record(meta: dict) -> list:
+        return [(r["pruned_at_rung"], r["epochs_trained"], [h["loss"] for h in r["history"]])
+                for r in meta["sweep"]["runs"]]
+
+    assert record(cut) == record(one)
+    pruned = [r["pruned_at_rung"] for r in one["sweep"]["runs"]]
+    assert pruned.count(None) == 2 and pruned.count(0) == 3 and pruned.count(1) == 1
+    # groups of 2 dealt round-robin: rung 0 [0,1] [2,3] [4,5]; rung 1 the 3 survivors re-grouped, at least
+    # one of them now on the other rank (its paused state was handed over)
+    second = [i for i, p in enumerate(pruned) if p != 0]
+    assert any((i // 2) % 2 != (j // 2) % 2 for j, i in enumerate(second))
+    assert not list(tmp_path.glob("*.partial.safetensors"))

@@ -61,6 +61,7 @@ from .options import (  # the options several commands share, defined once with 
     Selection,
     ShotsOpt,
     SplitOpt,
+    Sweep,
     Vapt,
     ViewsOpt,
     VipaminGrid,
@@ -347,6 +348,7 @@ def tune(
     schedule: Schedule = Schedule(),
     optimiser: Optimiser = Optimiser(),
     selection: Selection = Selection(),
+    sweeping: Sweep = Sweep(),
     vapt: Vapt = Vapt(),
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
@@ -357,8 +359,9 @@ def tune(
     (--arch full: fine-tune every backbone weight after block 0 instead, no prompts).
 
     Lists in --lr / --weight-decay / --k / --lambda / --orth / --sample make a sweep selected on --val
-    (last-epoch top-1); --seeds trains each configuration per seed; --final-split then retrains the
-    selected one on train+val. --recipe sets a paper's defaults. Prints the checkpoint path on stdout.
+    (last-epoch top-1; --sweep halving stops the weaker ones early); --seeds trains each configuration
+    per seed; --final-split then retrains the selected one on train+val. --recipe sets a paper's
+    defaults. Prints the checkpoint path on stdout.
     """
     from dataclasses import asdict
 
@@ -390,7 +393,7 @@ def tune(
                         cache_dir=source.cache_dir, final_split=selection.final_split,
                         final_embeddings=selection.final_embeddings, follow_seed=grid.init_seed is None)
     outcome = tune_plan(inputs, plan, out, device=device, resume=resume, grid_batch=grid_batch,
-                        precision=precision, compile_mode=compile_)
+                        precision=precision, compile_mode=compile_, sweep=sweeping.rule())
     typer.echo(str(outcome.checkpoint))
 
 
@@ -458,6 +461,7 @@ def benchmark(
     grid: VipaminGrid = VipaminGrid(),
     prompt_length: PromptLengthOpt = None,
     schedule: Schedule = Schedule(),
+    sweeping: Sweep = Sweep(),
     full_lr: Annotated[str | None, Opt("--full-lr", panel=OPTIM, help="Comma list: the full cell's lr grid (base "
                                        "lrs, x batch/256; default VPT's 0.005, 0.001, 0.0005, 0.0001, shorter in "
                                        "the testbed presets). E.g. --full-lr 0.001,0.005.")] = None,
@@ -485,7 +489,7 @@ def benchmark(
                          methods=tuple(_strings(methods, "--methods")),
                          tasks=_strings(tasks, "--tasks") if tasks is not None else None, preset=preset,
                          recipe=recipe, overrides=overrides, device=device, cache_dir=cache_dir, calib_size=calib_size,
-                         grid_batch=grid_batch, plot=plot_png)
+                         grid_batch=grid_batch, plot=plot_png, sweep=sweeping.rule())
     typer.echo(markdown_table(run_benchmark(spec)), nl=False)
 
 

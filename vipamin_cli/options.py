@@ -192,6 +192,15 @@ WeightDecayOpt = Annotated[str | None, Opt("--weight-decay", panel=OPTIM, help="
 SeedsOpt = Annotated[str | None, Opt("--seeds", panel=SWEEP, help="Comma list of training seeds, one run each; "
                                         "with a final split (tune --final-split, every benchmark cell) the final "
                                         "runs' seeds. E.g. --seeds 42,44,82.")]
+SweepModeOpt = Annotated[str, Opt("--sweep", panel=SWEEP, help="How the sweep spends its epochs: grid (every "
+                                  "candidate to --epochs) | halving (successive halving: every candidate to the first "
+                                  "rung, the best 1/eta on to the next, ... the survivors to --epochs; a fraction of "
+                                  "the compute, see docs/usage.md). E.g. --sweep halving.")]
+EtaOpt = Annotated[int | None, Opt("--eta", panel=SWEEP, help="--sweep halving: keep the best ceil(n/eta) "
+                                      "configurations at each rung (default 3). E.g. --eta 3.")]
+MinEpochsOpt = Annotated[int | None, Opt("--min-epochs", panel=SWEEP, help="--sweep halving: the first rung R "
+                                            "(rungs at R, R*eta, ... then --epochs; default epochs/eta^2 rounded up, "
+                                            "at least --warmup-epochs + 1). E.g. --min-epochs 12.")]
 
 # Runtime.
 DeviceOpt = Annotated[str, Opt("--device", panel=RUNTIME, help="auto | cpu | cuda")]
@@ -458,6 +467,21 @@ class Selection:
     @property
     def has_final(self) -> bool:
         return self.final_split is not None or self.final_embeddings is not None
+
+
+@option_group
+class Sweep:
+    """How a sweep spends its epochs (tune, benchmark): the full grid, or successive halving."""
+
+    sweep: SweepModeOpt = "grid"
+    eta: EtaOpt = None
+    min_epochs: MinEpochsOpt = None
+
+    def rule(self) -> Any:
+        """The tuning.halving.SweepRule (checked against the epochs when the sweep is planned)."""
+        from .tuning.halving import SweepRule
+
+        return SweepRule(self.sweep, self.eta, self.min_epochs)
 
 
 @option_group

@@ -54,9 +54,27 @@ def render_summary(summary: dict[str, Any]) -> None:
     if summary["verified"]:
         table.add_row("integrity", Text("digest verified", style="green"))
     console.print(table)
+    if isinstance(meta.get("sweep"), dict) and meta["sweep"].get("mode") == "halving":
+        console.print(_rung_table(meta["sweep"]))
     tensors = Table(title="tensors")
     for col in ("name", "dtype", "shape"):
         tensors.add_column(col)
     for name, t in summary["tensors"].items():
         tensors.add_row(escape(name), t["dtype"], " x ".join(map(str, t["shape"])) or "scalar")
     console.print(tensors)
+
+
+def _rung_table(sweep: dict[str, Any]) -> Any:
+    """A halving sweep's rung history, one row per run: what each candidate trained and where it stopped."""
+    from rich.table import Table
+
+    from .tuning.halving import rung_history, sweep_headline
+
+    table = Table(title=f"sweep rungs: {sweep_headline(sweep)}")
+    for col in ("lr", "weight decay", "init", "seed", "epochs", "pruned at", "score at rungs (epoch:score)"):
+        table.add_column(col)
+    for run in sweep.get("runs", []):
+        c = run.get("config", {})
+        table.add_row(f"{c.get('lr', 0):g}", f"{c.get('weight_decay', 0):g}", str(run.get("init_index", 0)),
+                      str(c.get("seed", "-")), *rung_history(run))
+    return table

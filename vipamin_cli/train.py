@@ -348,7 +348,7 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, ...],
                 | None = None, on_step: Callable[[int, torch.Tensor], None] | None = None,
                 tolerate_divergence: bool = False, precision: str = "auto", compile_blocks: bool = False,
                 ema_states: list[dict[str, torch.Tensor] | None] | None = None,
-                data_parallel: bool = False) -> list[RunState]:
+                data_parallel: bool = False, stop_epoch: int | None = None) -> list[RunState]:
     """Train several configurations in one loop over one frozen backbone (grid batching).
 
     Each configuration keeps its own prompts, head, optimizer, schedule, batch order and seed; the
@@ -365,6 +365,10 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, ...],
     gradient), as DistributedDataParallel would. Every rank then holds identical weights; they equal
     one process's up to float summation order (prompt dropout draws differ, as each rank draws
     its own mask for its part of the batch).
+
+    ``stop_epoch`` (a halving sweep's rung) pauses training after that epoch, validated; the schedule
+    stays the one over ``config.epochs``, so a run continued later from its saved state is the run
+    that was never paused.
     """
     from .prompted import grid_forward
 
@@ -406,7 +410,7 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, ...],
         return lrs
 
     try:
-        for epoch in range(states[0].epoch, base.epochs):
+        for epoch in range(states[0].epoch, stop_epoch or base.epochs):
             lrs = set_lrs(epoch, 0)
             orders = [torch.randperm(n, generator=torch.Generator().manual_seed(c.seed * 1_000_003 + epoch))
                       for c in configs]
@@ -472,7 +476,7 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, ...],
                     record.update(diverged=True, loss=float("nan"))
                     if val is not None:
                         record["val_top1"] = 0.0
-                elif val is not None and ((epoch + 1) % c.val_every == 0 or epoch + 1 == c.epochs):
+                elif val is not None and ((epoch + 1) % c.val_every == 0 or epoch + 1 in (c.epochs, stop_epoch)):
                     if m.ema is not None:
                         m.ema.swap()
                     record["val_top1"] = top1(predict(m, val[0], device), val[1])

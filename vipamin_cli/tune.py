@@ -2,7 +2,8 @@
 
 :func:`tune` runs the engine's steps in order (each in its own module of :mod:`vipamin_cli.tuning`):
 check the request and lock ``--out`` -> read the inputs (embeddings, backbone, initial prompts) ->
-plan the sweep (candidates and grid-batch groups) -> find the resume state -> run the sweep stage ->
+plan the sweep (candidates and grid-batch groups) -> find the resume state -> run the sweep stage
+(a grid: every candidate to the end; ``--sweep halving``: rung by rung, pruning, :mod:`.tuning.rungs`) ->
 select on validation -> run the final stage (or keep the selected sweep runs) -> write the checkpoint.
 
 A checkpoint holds one or more runs (one per training seed of the selected configuration), each as
@@ -26,6 +27,7 @@ from .iosafety import command_scope
 from .train import TuneConfig
 from .tuning.checkpoint import checkpoint_meta, load_runs, render_sweep, write_checkpoint
 from .tuning.final import CheckpointRuns, final_runs, selected_sweep_runs
+from .tuning.halving import SweepRule
 from .tuning.inputs import (
     TuneData,
     TuneInputs,
@@ -39,12 +41,13 @@ from .tuning.inputs import (
 from .tuning.plan import GridPoint, grid_points, plan_sweep
 from .tuning.request import check_sources, check_tune_request, check_vipamin_choices, output_lock
 from .tuning.resume import has_resume_state, load_resume_state, partial_path, signature
+from .tuning.rungs import annotate, halving_sweep
 from .tuning.selection import choose, select, sweep_record
 from .tuning.stage import Runtime, sweep_runs
 
-__all__ = ["GridPoint", "TuneInputs", "TuneOutcome", "check_compatible", "check_tune_request", "grid_points",
-           "has_resume_state", "init_configs", "load_runs", "output_lock", "render_sweep", "select", "tune",
-           "tune_plan"]
+__all__ = ["GridPoint", "SweepRule", "TuneInputs", "TuneOutcome", "check_compatible", "check_tune_request",
+           "grid_points", "has_resume_state", "init_configs", "load_runs", "output_lock", "render_sweep", "select",
+           "tune", "tune_plan"]
 
 
 @dataclass
@@ -59,7 +62,8 @@ class TuneOutcome:
 def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: list[float], seeds: list[int],
          out: str | os.PathLike, device: str = "auto", resume: bool = False, show_progress: bool = True,
          on_epoch: Any = None, grid_batch: int | None = None, precision: str = "auto",
-         compile_mode: str = "auto", final_seeds: list[int] | None = None, recipe: Any = None) -> TuneOutcome:
+         compile_mode: str = "auto", final_seeds: list[int] | None = None, recipe: Any = None,
+         sweep: SweepRule | None = None) -> TuneOutcome:
     """Train every (init config, lr, weight decay, seed) point, select on validation, write the checkpoint.
 
     Points are trained ``grid_batch`` at a time in one loop over the frozen backbone (default: all
@@ -70,11 +74,19 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
     those runs become the checkpoint (the sweep stays in its metadata). ``recipe`` (a
     ``recipes.TunePlan``) records the recipe and resolves backbone-dependent values (SPT's head
     weight decay). ``on_epoch(first_index, state, stage)`` is called after each saved epoch.
+    ``sweep`` (default grid): ``SweepRule("halving", eta, min_epochs)`` trains the candidates by
+    successive halving (:mod:`.tuning.halving`) and selects among those reaching the last epoch.
     """
     check_sources(inputs, final_seeds)
     full_check_request(base.arch, inputs.prompts)
     out, dev, precision_used, compile_blocks, _ = check_tune_request(
         inputs, base, lrs, weight_decays, seeds, out, device, grid_batch, precision, compile_mode, final_seeds)
+    sweep = (sweep or SweepRule()).resolved(base.epochs, base.warmup_epochs)
+    if sweep.mode == "halving" and sweep.min_epochs <= base.warmup_epochs:
+        from .ui import info
+
+        info(f"note: the first rung (--min-epochs {sweep.min_epochs}) ends inside the warm-up "
+             f"(--warmup-epochs {base.warmup_epochs}): candidates are ranked before they trained at their lr")
     if resume:
         inputs = resume_backbone(inputs, out)
     from . import distributed
@@ -82,7 +94,8 @@ def tune(inputs: TuneInputs, base: TuneConfig, lrs: list[float], weight_decays: 
     runtime = Runtime(dev, precision_used, compile_blocks, show_progress, on_epoch)
     # Under torchrun rank 0 alone holds the lock: it writes the checkpoint; each rank has its own partial.
     with output_lock(out) if distributed.is_main() else contextlib.nullcontext():
-        return _tune(inputs, base, (lrs, weight_decays, seeds), out, runtime, resume, grid_batch, final_seeds, recipe)
+        return _tune(inputs, base, (lrs, weight_decays, seeds), out, runtime, resume, (grid_batch, sweep),
+                     final_seeds, recipe)
 
 
 def resume_backbone(inputs: TuneInputs, out: Path) -> TuneInputs:
@@ -102,15 +115,16 @@ def resume_backbone(inputs: TuneInputs, out: Path) -> TuneInputs:
 
 
 def _tune(inputs: TuneInputs, base: TuneConfig, grids: tuple[list[float], list[float], list[int]], out: Path,
-          runtime: Runtime, resume: bool, grid_batch: int | None, final_seeds: list[int] | None,
+          runtime: Runtime, resume: bool, how: tuple[int | None, SweepRule], final_seeds: list[int] | None,
           recipe: Any) -> TuneOutcome:
     """The steps, in order: inputs, plan, resume state, sweep, selection, final runs, checkpoint."""
     lrs, weight_decays, seeds = grids
+    grid_batch, rule = how
     inits = init_configs(inputs)
     splits = read_splits(inputs)
     base = resolve_recipe(base, recipe, splits.identity)
     final = (list(final_seeds) if final_seeds is not None else list(seeds)) if splits.final is not None else None
-    plan = plan_sweep(base, lrs, weight_decays, seeds, len(inits), grid_batch, final)
+    plan = plan_sweep(base, lrs, weight_decays, seeds, len(inits), grid_batch, final, rule)
     if plan.configurations > 1 and splits.val is None:
         raise InputError("a sweep over several init / lr / weight decay values needs validation data",
                          "pass --val SPLIT or --val-embeddings FILE")
@@ -120,9 +134,12 @@ def _tune(inputs: TuneInputs, base: TuneConfig, grids: tuple[list[float], list[f
     partial = partial_path(out)
     state = load_resume_state(partial, sig, resume)
     meta = checkpoint_meta(data, base, runtime, recipe)
-    sweep_done, sweep_models = sweep_runs(plan, data, state, meta | {"signature": sig}, runtime, partial)
+    run_sweep = halving_sweep if plan.halving else sweep_runs
+    sweep_done, sweep_models = run_sweep(plan, data, state, meta | {"signature": sig}, runtime, partial)
+    annotate(sweep_done.done, plan)  # a grid's runs: one rung, the last epoch (a halving sweep's have theirs)
     chosen = choose(plan, sweep_done.done, splits.val is not None, base.tie_break)
-    sweep = sweep_record(chosen, data.sources, sweep_done.done, base.tie_break, data.candidate_source(chosen[0]))
+    sweep = sweep_record(chosen, data.sources, sweep_done.done, base.tie_break, data.candidate_source(chosen[0]),
+                         plan)
     if splits.final is None:
         kept = selected_sweep_runs(sweep_done, sweep_models, chosen)
     else:

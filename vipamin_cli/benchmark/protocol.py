@@ -81,15 +81,30 @@ class CellProtocol:
         return [InitConfig(method=self.init_method, prompt_length=self.prompt_length, device=device, **c)
                 for c in self.init_grid]
 
-    def units(self, grid_batch: int | None) -> int:
-        """Progress units of the cell: one per training-loop epoch (a grid-batched group counts once)."""
+    def units(self, grid_batch: int | None, sweep: Any = None) -> int:
+        """Progress units of the cell: one per training-loop epoch (a grid-batched group counts once);
+        a halving ``sweep`` (one tune over every init candidate): its rungs' groups, none diverging."""
         epochs = self.base.epochs
-        sweep = len(self.lrs) * len(self.weight_decays) * len(self.sweep_seeds)
+        runs = len(self.lrs) * len(self.weight_decays) * len(self.sweep_seeds)
         if self.method == "linear":
-            return (sweep + len(self.seeds)) * epochs
+            return (runs + len(self.seeds)) * epochs
         gb = 1 if self.method == "full" else grid_batch or 10**9  # full fine-tuning: one configuration at a time
-        return (len(self.init_grid) * -(-sweep // min(gb, sweep))
-                + -(-len(self.seeds) // min(gb, len(self.seeds)))) * epochs
+        final = -(-len(self.seeds) // min(gb, len(self.seeds))) * epochs
+        if sweep is None or sweep.mode != "halving":
+            return len(self.init_grid) * -(-runs // min(gb, runs)) * epochs + final
+        return self._halving_units(gb, sweep) + final
+
+    def _halving_units(self, gb: int, sweep: Any) -> int:
+        from ..tuning.halving import rung_sizes
+
+        configs = len(self.init_grid) * len(self.lrs) * len(self.weight_decays)
+        rule = sweep.resolved(self.base.epochs, self.base.warmup_epochs)
+        rungs = rule.rungs(self.base.epochs) if configs > 1 else [self.base.epochs]
+        seeds, units, previous = len(self.sweep_seeds), 0, 0
+        for size, epoch in zip(rung_sizes(configs, rule.eta or 1, rungs), rungs, strict=True):
+            units += -(-size * seeds // min(gb, size * seeds)) * (epoch - previous)
+            previous = epoch
+        return units
 
     def describe(self) -> dict[str, Any]:
         """The resolved protocol as plain JSON (a recipe cell's signature holds it)."""

@@ -117,6 +117,7 @@ class BenchmarkSpec:
     precision: str = "auto"
     plot: bool = True
     show_progress: bool = True
+    sweep: Any = None  # tuning.halving.SweepRule of every prompt cell (None: grid); the linear probe's is a grid
 
 
 def _digest(obj: Any) -> str:
@@ -177,9 +178,9 @@ def protocols(spec: BenchmarkSpec, methods: list[str]) -> tuple[Preset | None, d
 
 
 def cell_units(method: str, recipe: Preset | CellProtocol, init_grid: dict[str, list[Any]],
-               grid_batch: int | None) -> int:
+               grid_batch: int | None, sweep: Any = None) -> int:
     """Progress units of a cell: one per training-loop epoch (a grid-batched group counts once)."""
-    return _as_protocol(method, recipe, init_grid).units(grid_batch)
+    return _as_protocol(method, recipe, init_grid).units(grid_batch, sweep)
 
 
 def cell_signature(task: Task, method: str, recipe: Preset | None, spec: BenchmarkSpec,
@@ -187,16 +188,26 @@ def cell_signature(task: Task, method: str, recipe: Preset | None, spec: Benchma
     """What determines a cell's numbers: a finished cell is reused only when this is unchanged.
     A preset cell: the preset and the init grid; a recipe cell: the recipe and the resolved protocol;
     both: the ``inputs`` the cell reads (every split's data fingerprint, the weights file's digest,
-    from :func:`inputs.task_inputs`)."""
+    from :func:`inputs.task_inputs`), and a halving sweep's rule (a grid cell's signature is as before)."""
     if protocol is not None and protocol.recipe is not None:
         return {"task": task.describe(), "method": method, "backbone": spec.backbone, "weights": spec.weights,
                 "recipe": spec.recipe, "cell_recipe": protocol.recipe, "protocol": protocol.describe(),
-                "calib_size": spec.calib_size, INPUTS_KEY: inputs} | _init_rules(method)
+                "calib_size": spec.calib_size, INPUTS_KEY: inputs} | _init_rules(method) | _sweep_signature(
+                    spec, protocol)
     assert recipe is not None
     grid = {k: v for k, v in spec.init_grid.items() if v} if METHOD_SETUP[method][1] == "vipamin" else {}
     return {"task": task.describe(), "method": method, "backbone": spec.backbone, "weights": spec.weights,
             "preset": _preset_fields(method, recipe), "init_grid": grid, "calib_size": spec.calib_size,
-            INPUTS_KEY: inputs} | _init_rules(method)
+            INPUTS_KEY: inputs} | _init_rules(method) | _sweep_signature(
+                spec, protocol or _as_protocol(method, recipe, spec.init_grid))
+
+
+def _sweep_signature(spec: BenchmarkSpec, protocol: CellProtocol) -> dict[str, Any]:
+    """A halving cell's sweep rule, resolved for its epochs (the linear probe always sweeps a grid)."""
+    if spec.sweep is None or spec.sweep.mode != "halving" or protocol.method == "linear":
+        return {}
+    base = protocol.base
+    return {"sweep": spec.sweep.resolved(base.epochs, base.warmup_epochs).record(base.epochs)}
 
 
 def _preset_fields(method: str, preset: Preset) -> dict[str, Any]:
@@ -224,7 +235,7 @@ def _mean_std(values: list[float]) -> dict[str, Any]:
 
 
 def _tune_step(inputs: Any, base: Any, lrs: list[float], wds: list[float], seeds: list[int], out: Path,
-               device: str, grid_batch: int | None, precision: str, on_epoch: Any) -> dict[str, Any]:
+               device: str, grid_batch: int | None, precision: str, on_epoch: Any, sweep: Any = None) -> dict[str, Any]:
     """One tune() call, resumed from its partial state when a previous run of this cell was cut off;
     returns the sweep record (reused as is when the checkpoint is already complete)."""
     from .. import distributed
@@ -237,21 +248,63 @@ def _tune_step(inputs: Any, base: Any, lrs: list[float], wds: list[float], seeds
         return finished
     outcome = tune(inputs, base, lrs, wds, seeds, out, device=device, resume=has_resume_state(out),
                    show_progress=False,
-                   on_epoch=lambda *_: on_epoch(), grid_batch=grid_batch, precision=precision)
+                   on_epoch=lambda *_: on_epoch(), grid_batch=grid_batch, precision=precision, sweep=sweep)
     return outcome.sweep
+
+
+def _chosen_score(sweep: dict[str, Any]) -> float:
+    """The selected configuration's mean last-epoch val top-1 over its seeds."""
+    from ..tuning.selection import run_key
+
+    c = sweep["chosen"]
+    return statistics.fmean(r["final_val_top1"] for r in sweep["runs"] if r.get("pruned_at_rung") is None
+                            and run_key(r) == (c.get("init_index", 0), c["lr"], c["weight_decay"]))
+
+
+def _cell_sweep(task: Task, embeddings: dict[str, Path], protocol: CellProtocol, cell_dir: Path, device: str,
+                grid_batch: int | None, precision: str, tick: Any, sweep: Any) -> tuple[list[dict[str, Any]], int]:
+    """The cell's sweep: a grid runs one tune per init candidate (each selects its lr / weight decay,
+    then the best init wins, ties to the earlier); halving runs one tune over every init candidate x
+    lr x weight decay, so it prunes across them all. The candidates' records and the picked one's index."""
+    from ..tune import TuneInputs
+
+    inits = protocol.init_configs(device)  # full fine-tuning: one candidate, no init
+    args = (list(protocol.lrs), list(protocol.weight_decays), list(protocol.sweep_seeds))
+    if sweep is not None and sweep.mode == "halving":
+        inputs = TuneInputs(embeddings=embeddings[task.sweep_train], val_embeddings=embeddings[task.sweep_val],
+                            init=inits[0], init_grid=inits if len(inits) > 1 else None)
+        record = _tune_step(inputs, protocol.base, *args, cell_dir / "sweep0.safetensors", device, grid_batch,
+                            precision, tick, sweep)
+        init = inits[record["chosen"]["init_index"]]
+        return [{"init": asdict(init) if init is not None else None, "score": _chosen_score(record), **record}], 0
+    candidates = []
+    for j, icfg in enumerate(inits):
+        inputs = TuneInputs(embeddings=embeddings[task.sweep_train], val_embeddings=embeddings[task.sweep_val],
+                            init=icfg)
+        record = _tune_step(inputs, protocol.base, *args, cell_dir / f"sweep{j}.safetensors", device, grid_batch,
+                            precision, tick)
+        candidates.append({"init": asdict(icfg) if icfg is not None else None, "score": _chosen_score(record),
+                           **record})
+    return candidates, max(range(len(candidates)), key=lambda j: (candidates[j]["score"], -j))
+
+
+def _sweep_cost(candidates: list[dict[str, Any]], sweep: Any) -> dict[str, Any]:
+    """The cell's sweep mode and compute, summed over its tunes (candidate-epochs: epochs trained per run)."""
+    return {"mode": sweep.mode if sweep is not None else "grid",
+            **{k: sum(c.get(k, 0) for c in candidates) for k in ("candidate_epochs", "grid_candidate_epochs")}}
 
 
 def run_cell(task: Task, method: str, embeddings: dict[str, Path], recipe: Preset | CellProtocol,
              cell_dir: str | os.PathLike,
              device: str = "auto", init_grid: dict[str, list[Any]] | None = None, grid_batch: int | None = None,
-             precision: str = "auto", on_epoch: Any = None) -> dict[str, Any]:
+             precision: str = "auto", on_epoch: Any = None, sweep: Any = None) -> dict[str, Any]:
     """One table cell: sweep + select on (sweep_train, sweep_val), final runs on final_train, test top-1.
 
     ``embeddings`` maps the task's split names to cached embeddings files; ``recipe`` is a preset
     (with ``init_grid``) or a resolved :class:`CellProtocol` (a recipe cell also records its
     ``protocol``: every value with its source). Composed from tune() calls (one per init candidate
-    for the sweep, one for the final seeds), so it can later use tune's own final-split mode
-    without changing the cell's record.
+    for the sweep, or one for all of them with ``sweep`` halving; one for the final seeds), so it can
+    later use tune's own final-split mode without changing the cell's record.
     """
     if method not in METHODS:
         raise InputError(f"unknown method '{method}'", f"use some of {', '.join(METHODS)}")
@@ -268,19 +321,7 @@ def run_cell(task: Task, method: str, embeddings: dict[str, Path], recipe: Prese
     from ..tune import TuneInputs
 
     base = protocol.base
-    candidates = []
-    for j, icfg in enumerate(protocol.init_configs(device)):  # full fine-tuning: one candidate, no init
-        inputs = TuneInputs(embeddings=embeddings[task.sweep_train], val_embeddings=embeddings[task.sweep_val],
-                            init=icfg)
-        sweep = _tune_step(inputs, base, list(protocol.lrs), list(protocol.weight_decays),
-                           list(protocol.sweep_seeds),
-                           cell_dir / f"sweep{j}.safetensors", device, grid_batch, precision, tick)
-        chosen = sweep["chosen"]
-        score = statistics.fmean(r["final_val_top1"] for r in sweep["runs"]
-                                 if (r["config"]["lr"], r["config"]["weight_decay"]) ==
-                                 (chosen["lr"], chosen["weight_decay"]))
-        candidates.append({"init": asdict(icfg) if icfg is not None else None, "score": score, **sweep})
-    best = max(range(len(candidates)), key=lambda j: (candidates[j]["score"], -j))
+    candidates, best = _cell_sweep(task, embeddings, protocol, cell_dir, device, grid_batch, precision, tick, sweep)
     picked = candidates[best]
     sweep_s = time.perf_counter() - started
 
@@ -300,7 +341,7 @@ def run_cell(task: Task, method: str, embeddings: dict[str, Path], recipe: Prese
                      "test_macro": metrics["macro"]})
     return {"task": task.name, "group": task.group, "method": method, "arch": base.arch,
             "selected": {**picked["chosen"], "init": picked["init"]},
-            "sweep": {"criterion": picked["criterion"], "candidates": candidates},
+            "sweep": {"criterion": picked["criterion"], **_sweep_cost(candidates, sweep), "candidates": candidates},
             "final": {"split": task.final_train, "runs": runs, "checkpoint": str(cell_dir / "final.safetensors")},
             "test": {"split": task.test, "num_samples": result["runs"][0]["num_samples"]},
             "test_top1": _mean_std([r["test_top1"] for r in runs]),
@@ -604,6 +645,8 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
     recipe, cell_protocols = protocols(spec, methods)
     for protocol in cell_protocols.values():
         protocol.validate()
+        if spec.sweep is not None:  # --sweep / --eta / --min-epochs against every cell's epochs
+            spec.sweep.resolved(protocol.base.epochs, protocol.base.warmup_epochs)
     v.integer(spec.grid_batch, "--grid-batch", minimum=1, example=4, optional=True)
     EmbedConfig(calib_size=spec.calib_size, device=spec.device).validate()
     if spec.plot:
@@ -638,7 +681,7 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
     todo = _plan_cells(suite, methods, recipe, cell_protocols, spec, results, results_path, invocation)
     if invocation["skipped"]:
         info(f"benchmark: {len(invocation['skipped'])} finished cell(s) in {results_path} skipped")
-    total = sum(cell_protocols[m].units(spec.grid_batch) for _, m, _ in todo)
+    total = sum(cell_protocols[m].units(spec.grid_batch, spec.sweep) for _, m, _ in todo)
     write_json(results_path, results)
     embedded: dict[str, dict[str, Path]] = {}
     with progress_bar(f"benchmark {suite.name}", total, spec.show_progress) as bar:
@@ -659,7 +702,7 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
             bar.advance(0, cell=label, step="train")
             cell = run_cell(task, method, embedded[task.name], cell_protocols[method], cell_dir, device=spec.device,
                             init_grid=spec.init_grid, grid_batch=spec.grid_batch, precision=spec.precision,
-                            on_epoch=lambda label=label: bar.advance(1, cell=label, step="train"))
+                            on_epoch=lambda label=label: bar.advance(1, cell=label, step="train"), sweep=spec.sweep)
             cell.update(signature=sig, signature_digest=_digest(sig), finished_at=_now())
             results["cells"][f"{task.name}/{method}"] = cell
             invocation["computed"].append(f"{task.name}/{method}")

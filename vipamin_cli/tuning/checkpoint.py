@@ -17,6 +17,7 @@ import torch
 from ..artifacts import Artifact, atomic_path, save_artifact
 from ..train import TuneConfig, build_model, prompt_side_parameters
 from ..ui import err_console
+from .halving import rung_history, sweep_headline
 from .inputs import TuneData
 from .stage import Runtime
 
@@ -84,18 +85,22 @@ def render_sweep(sweep: dict[str, Any]) -> None:
         return
     validated = any(r["final_val_top1"] is not None for r in sweep["runs"])
     title = "sweep (* = selected on validation)" if validated else "runs (no validation data: nothing selected)"
-    table = Table(title=title)
+    halving = sweep.get("mode") == "halving"
+    table = Table(title=title, caption=sweep_headline(sweep) if halving else None)
     for col in ("lr", "weight decay", "seed", "final val top-1", "best val top-1 (epoch)", "train loss"):
+        table.add_column(col)
+    for col in ("epochs", "pruned at", "score at rungs (epoch:score)") if halving else ():
         table.add_column(col)
     chosen = sweep["chosen"]
     for r in sweep["runs"]:
         c = r["config"]
-        picked = validated and (c["lr"], c["weight_decay"]) == (chosen["lr"], chosen["weight_decay"])
+        picked = validated and (r.get("init_index", 0), c["lr"], c["weight_decay"]) == (
+            chosen.get("init_index", 0), chosen["lr"], chosen["weight_decay"])
         mark = "* " if picked else "  "
         best = f"{r['best']['val_top1']:.2f} ({r['best']['epoch']})" if r["best"] else "-"
         final = f"{r['final_val_top1']:.2f}" if r["final_val_top1"] is not None else "-"
         table.add_row(f"{mark}{c['lr']:g}", f"{c['weight_decay']:g}", str(c["seed"]), final, best,
-                      f"{r['final_train_loss']:.4f}")
+                      f"{r['final_train_loss']:.4f}", *(rung_history(r) if halving else ()))
     err_console().print(table)
 
 

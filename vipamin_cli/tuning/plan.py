@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import InputError
 from ..train import TuneConfig
+from .halving import SweepRule
 
 
 @dataclass
@@ -42,6 +43,19 @@ class SweepPlan:
     grid_batch: int
     final_seeds: list[int] | None
     configurations: int = 1  # init configurations x lrs x weight decays: more than one needs validation data
+    rule: SweepRule = SweepRule()  # grid, or halving with its eta and first rung
+
+    @property
+    def rungs(self) -> list[int]:
+        """The epochs the sweep's candidates are scored (and pruned) at; a grid's one rung is the last epoch.
+        A single configuration has nothing to prune: it trains straight to the end."""
+        epochs = self.points[0].config.epochs
+        return self.rule.rungs(epochs) if self.configurations > 1 else [epochs]
+
+    @property
+    def halving(self) -> bool:
+        """Whether the sweep stops candidates part-way (halving with more than one rung)."""
+        return len(self.rungs) > 1
 
     def groups(self) -> list[list[int]]:
         """The sweep's groups as one process trains them."""
@@ -67,15 +81,15 @@ def grid_points(base: TuneConfig, lrs: list[float], weight_decays: list[float], 
 
 
 def plan_sweep(base: TuneConfig, lrs: list[float], weight_decays: list[float], seeds: list[int], num_inits: int,
-               grid_batch: int | None, final_seeds: list[int] | None) -> SweepPlan:
-    """The candidates (each checked), the group size (default: all at once) and the final seeds
-    (``final_seeds`` None with a final stage: the sweep's ``seeds``)."""
+               grid_batch: int | None, final_seeds: list[int] | None, rule: SweepRule | None = None) -> SweepPlan:
+    """The candidates (each checked), the group size (default: all at once), the final seeds
+    (``final_seeds`` None with a final stage: the sweep's ``seeds``) and the sweep rule (default grid)."""
     points = grid_points(base, lrs, weight_decays, seeds, num_inits)
     for pt in points:
         pt.config.validate()
     group = 1 if base.arch == "full" else max(1, min(grid_batch or len(points), len(points)))  # own backbone copy
-    return SweepPlan(points, group, final_seeds,
-                     num_inits * len(lrs) * len(weight_decays))
+    return SweepPlan(points, group, final_seeds, num_inits * len(lrs) * len(weight_decays),
+                     (rule or SweepRule()).resolved(base.epochs, base.warmup_epochs))
 
 
 def batch_groups(candidates: list[int], grid_batch: int) -> list[list[int]]:

@@ -34,6 +34,11 @@ class StageProgress:
     index: list[int] | None = None  # the candidate index of each ``done`` entry (default: 0, 1, ...)
     current: dict[str, Any] | None = None  # the group in training: its ``indices`` and run ``states``
     current_tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # its state, ``cur{g}.<name>``
+    # halving: runs paused at a rung (their run states), their whole training state (``paused{i}.<name>``),
+    # and the rung in training with who was pruned where and every rung's scores (see rungs.py)
+    paused: dict[int, dict[str, Any]] = field(default_factory=dict)
+    paused_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    halving: dict[str, Any] | None = None
 
 
 @dataclass
@@ -83,6 +88,8 @@ def signature(plan: SweepPlan, data: TuneData, runtime: dict[str, Any]) -> dict[
                   "final_seeds": plan.final_seeds, "runtime": runtime})
     if distributed.launched():  # another world size shards the groups differently: no resume across it
         sig["world_size"] = distributed.world_size()
+    if plan.halving:
+        sig["sweep"] = plan.rule.record(plan.points[0].config.epochs)
     return sig
 
 
@@ -112,7 +119,10 @@ def _read(partial: Path, sig: dict[str, Any]) -> ResumeState:
     progress = StageProgress(done=part.meta["done"],
                              tensors={k: v for k, v in part.tensors.items() if k.startswith("done")},
                              index=part.meta.get("done_index"), current=part.meta.get("current"),
-                             current_tensors={k: v for k, v in part.tensors.items() if k.startswith("cur")})
+                             current_tensors={k: v for k, v in part.tensors.items() if k.startswith("cur")},
+                             paused={int(i): st for i, st in part.meta.get("paused", [])},
+                             paused_tensors={k: v for k, v in part.tensors.items() if k.startswith("paused")},
+                             halving=part.meta.get("halving"))
     return ResumeState(part.meta.get("stage", "sweep"), part.meta.get("sweep_done"), progress)
 
 

@@ -9,6 +9,7 @@ weights are recorded under its candidate index.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,18 @@ class Stage:
     resume_meta: dict[str, Any]  # the resume state's metadata besides the progress
     tolerate: bool = False  # a diverging candidate is recorded (a sweep) instead of failing the run
     data_parallel: bool = False  # under torchrun: every rank trains the (single) group together
+    stop: int | None = None  # a halving rung: train to this epoch (None: to the last)
+    start: int = 0  # the epoch the stage's candidates start from (a rung: the previous rung's)
+    label: str = ""  # shown beside the stage's name in the progress bar
+
+    def pauses(self) -> bool:
+        """Whether the stage ends at a rung before the last epoch (its runs are paused, not finished)."""
+        return self.stop is not None and self.stop < self.points[0].config.epochs
+
+    def finished(self) -> set[int]:
+        """The candidates with nothing left to train in this stage: finished, or paused at its rung."""
+        paused = {i for i, st in self.progress.paused.items() if self.stop is not None and st["epoch"] >= self.stop}
+        return set(self.progress.index or []) | paused
 
 
 class _StateFile:
@@ -69,8 +82,11 @@ class _StateFile:
         progress = self.stage.progress
         meta = self.stage.resume_meta | {"partial": True, "stage": self.stage.name, "done": progress.done,
                                          "current": current}
-        meta |= {"done_index": progress.index} if self.launched else {}
-        save_artifact(self.path, dict(progress.tensors) | (current_tensors or {}), "checkpoint", meta)
+        meta |= {"done_index": progress.index} if self.launched or progress.halving is not None else {}
+        if progress.halving is not None:
+            meta |= {"halving": progress.halving, "paused": [[i, st] for i, st in sorted(progress.paused.items())]}
+        save_artifact(self.path, dict(progress.tensors) | progress.paused_tensors | (current_tensors or {}),
+                      "checkpoint", meta)
 
 
 def sweep_runs(plan: SweepPlan, data: TuneData, state: ResumeState, resume_meta: dict[str, Any], runtime: Runtime,
@@ -97,11 +113,12 @@ def run_stage(stage: Stage, data: TuneData, runtime: Runtime, partial: Path) -> 
     if stage.progress.index is None:
         stage.progress.index = list(range(len(stage.progress.done)))
     base = stage.points[0].config
-    per_group = base.epochs * epoch_steps(stage.train_xy[0].shape[0], base)
-    finished = set(stage.progress.index)
+    per_group = ((stage.stop or base.epochs) - stage.start) * epoch_steps(stage.train_xy[0].shape[0], base)
+    finished = stage.finished()
     state_file = _StateFile(stage, partial)
     models: dict[int, Any] = {}
-    with progress_bar(f"tune ({stage.name})", len(stage.groups) * per_group, runtime.show_progress) as bar:
+    title = f"tune ({stage.name}{', ' + stage.label if stage.label else ''})"
+    with progress_bar(title, len(stage.groups) * per_group, runtime.show_progress) as bar:
         bar.advance(sum(set(g) <= finished for g in stage.groups) * per_group)
         for indices in stage.groups:
             if not set(indices) <= finished:
@@ -119,23 +136,25 @@ def _run_group(stage: Stage, indices: list[int], data: TuneData, runtime: Runtim
                          data.pool, data.grid) for i, c in zip(indices, configs, strict=True)]
     if stage.data_parallel:
         _check_same_start(stage)
-    states, opt_states, ema_states = _restore(stage.progress, indices, group)
+    states, opt_states, ema_states, saved = _restore(stage.progress, indices, group)
     if states is not None:
-        bar.advance(states[0].epoch * epoch_steps(stage.train_xy[0].shape[0], configs[0]))
-    hooks = _GroupHooks(stage, indices, state_file, bar, runtime)
+        bar.advance((states[0].epoch - stage.start) * epoch_steps(stage.train_xy[0].shape[0], configs[0]))
+    hooks = _GroupHooks(stage, indices, state_file, bar, runtime, saved)
     try:
         states = train_group(group, stage.train_xy, stage.val_xy, configs, runtime.device, states=states,
                              optimizer_states=opt_states, on_epoch=hooks.epoch,
                              on_step=hooks.step if runtime.show_progress else None, tolerate_divergence=stage.tolerate,
                              precision=runtime.precision, compile_blocks=runtime.compile_blocks, ema_states=ema_states,
-                             data_parallel=stage.data_parallel)
+                             data_parallel=stage.data_parallel, stop_epoch=stage.stop)
     except KeyboardInterrupt:
         raise _interrupted(stage, indices, state_file.path) from None
     if runtime.show_progress:
         bar.advance(hooks.steps % 10)
-    models = _record(stage, indices, group, states)
+    if stage.pauses():
+        _pause(stage.progress, indices, states, hooks.tensors)
+    models = {} if stage.pauses() else _record(stage, indices, group, states)
     stage.progress.current = None
-    if state_file.launched:  # this rank's finished groups must survive a peer's interruption
+    if state_file.launched or stage.pauses():  # this rank's finished groups must survive a peer's interruption
         state_file.save()
     return models
 
@@ -151,27 +170,57 @@ def _check_same_start(stage: Stage) -> None:
                          "delete the <out>.rank*.partial.safetensors files and run again")
 
 
-def _restore(progress: StageProgress, indices: list[int], group: list[Any]) -> tuple[Any, Any, Any]:
-    """Load the group's saved weights into its models; its run, optimizer and EMA states (None: a fresh start)."""
+def _saved_state(progress: StageProgress, indices: list[int]) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    """The group's saved run states and tensors (as ``cur{g}.<name>``): the group in training when the
+    run stopped, or (halving) its runs paused at the last rung; None: a fresh start."""
     current = progress.current
-    if current is None or current["indices"] != indices:
-        return None, None, None
+    if current is not None and current["indices"] == indices:
+        return current["states"], progress.current_tensors
+    if not indices or not all(i in progress.paused for i in indices):
+        return None
+    tensors: dict[str, torch.Tensor] = {}
+    for g, i in enumerate(indices):
+        tensors.update({f"cur{g}.{k[len(f'paused{i}.'):]}": v for k, v in progress.paused_tensors.items()
+                        if k.startswith(f"paused{i}.")})
+    return [progress.paused[i] for i in indices], tensors
+
+
+def _restore(progress: StageProgress, indices: list[int], group: list[Any]) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """Load the group's saved weights into its models; its run, optimizer and EMA states (None: a fresh
+    start) and the saved tensors."""
+    saved = _saved_state(progress, indices)
+    if saved is None:
+        return None, None, None, {}
+    run_states, tensors = saved
     states, opt_states, ema_states = [], [], []
     for g, m in enumerate(group):
-        mine = {k[len(f"cur{g}."):]: v for k, v in progress.current_tensors.items() if k.startswith(f"cur{g}.")}
+        mine = {k[len(f"cur{g}."):]: v for k, v in tensors.items() if k.startswith(f"cur{g}.")}
         m.load_state_dict({k: v for k, v in mine.items() if not k.startswith(("optim.", "ema."))}, strict=False)
         opt_states.append({k[len("optim."):]: v for k, v in mine.items() if k.startswith("optim.")})
         ema_states.append({k[len("ema."):]: v for k, v in mine.items() if k.startswith("ema.")})
-        states.append(RunState(**current["states"][g]))
-    return states, opt_states, ema_states
+        states.append(RunState(**copy.deepcopy(run_states[g])))
+    return states, opt_states, ema_states, tensors
+
+
+def _pause(progress: StageProgress, indices: list[int], states: list[RunState], tensors: dict[str, Any]) -> None:
+    """Keep the group's runs at the rung they reached: each one's run state and whole training state
+    (weights, optimizer, EMA: the group's last saved epoch), so it can continue bit for bit."""
+    for g, (i, st) in enumerate(zip(indices, states, strict=True)):
+        progress.paused[i] = copy.deepcopy(vars(st))
+        mine = f"paused{i}."
+        progress.paused_tensors = {k: v for k, v in progress.paused_tensors.items() if not k.startswith(mine)}
+        progress.paused_tensors.update({mine + k[len(f"cur{g}."):]: v for k, v in tensors.items()
+                                        if k.startswith(f"cur{g}.")})
 
 
 class _GroupHooks:
     """One group's callbacks: after each epoch save its state and call the caller's hook; every 10
     steps advance the progress bar (reading the loss syncs the device, so only now and then)."""
 
-    def __init__(self, stage: Stage, indices: list[int], state_file: _StateFile, bar: Any, runtime: Runtime):
+    def __init__(self, stage: Stage, indices: list[int], state_file: _StateFile, bar: Any, runtime: Runtime,
+                 saved: dict[str, torch.Tensor]):
         self.stage, self.indices, self.state_file, self.bar = stage, indices, state_file, bar
+        self.tensors = saved  # the group's state as last saved (``cur{g}.<name>``)
         self.on_epoch = runtime.on_epoch
         self.with_stage = self.on_epoch is not None and len(inspect.signature(self.on_epoch).parameters) >= 3
         self.live: dict[str, str] = {}
@@ -189,6 +238,7 @@ class _GroupHooks:
             if m.ema is not None:
                 tensors.update({f"cur{g}.ema.{k}": v for k, v in m.ema.state().items()})
         self.state_file.save({"indices": self.indices, "states": [vars(st) for st in states]}, tensors)
+        self.tensors = tensors
         if self.on_epoch is not None:
             self.on_epoch(self.indices[0], states[0], *([self.stage.name] if self.with_stage else []))
 
@@ -218,17 +268,21 @@ def _record(stage: Stage, indices: list[int], group: list[Any], states: list[Run
         who = {"rank": "all" if stage.data_parallel else distributed.rank()}
     progress, models = stage.progress, {}
     for i, m, st in zip(indices, group, states, strict=True):
-        progress.done.append({"config": config_dict(stage.points[i].config), "init_index": stage.points[i].init_index,
-                              "history": st.history, "best": st.best,
-                              "final_val_top1": st.history[-1].get("val_top1") if st.history else None,
-                              "final_train_loss": st.history[-1]["loss"],
-                              "diverged": bool(st.history and st.history[-1].get("diverged")), **who})
+        progress.done.append(run_record(stage.points[i], st) | who)
         progress.index.append(i)
         final_state = evaluation_state(m)  # the EMA weights when the recipe keeps an EMA
         progress.tensors.update({f"done{i}.{k}": v for k, v in final_state.items()})
         m.load_state_dict(final_state, strict=False)
         models[i] = m.cpu()
     return models
+
+
+def run_record(point: GridPoint, st: RunState) -> dict[str, Any]:
+    """A finished (or pruned) run as the sweep records it: its configuration, history and last scores."""
+    return {"config": config_dict(point.config), "init_index": point.init_index, "history": st.history,
+            "best": st.best, "final_val_top1": st.history[-1].get("val_top1") if st.history else None,
+            "final_train_loss": st.history[-1]["loss"],
+            "diverged": bool(st.history and st.history[-1].get("diverged"))}
 
 
 def gather_stage(stage: Stage) -> StageProgress:
