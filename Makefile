@@ -36,9 +36,11 @@ demo: testbed/manifest.json
 demo-pipeline: $(STAMP)
 	$(BIN)/vipamin demo --out demo-pipeline-out
 
-## test: the full test suite (CPU, a few minutes)
+## test: the full test suite (CPU, a few minutes): TEST_WORKERS processes (pytest-xdist), one file per
+## worker at a time, one torch thread each (tests/conftest.py); TEST_WORKERS=0 runs in this process
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check vipamin_cli tests bench

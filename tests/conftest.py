@@ -7,6 +7,10 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("VIPAMIN_QUIET", "1")
+# One torch thread per test process (and the commands it starts): `make test` runs two pytest-xdist
+# workers on two cores, and two threads each would spin against each other. Results do not depend on it
+# (tests/test_tune_digests.py compares bytes at one thread; the rest compare within one process).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 

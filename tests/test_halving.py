@@ -206,10 +206,15 @@ def test_info_and_the_sweep_table_show_the_rung_history(sweeps, cli, capsys, mon
     assert code == 0, stderr
     assert "sweep rungs: halving sweep (eta 2, rungs at epochs [1, 2, 3]): 14 of 24 candidate-epochs" in stdout
     from vipamin_cli.tuning.checkpoint import render_sweep
+    from vipamin_cli.ui import err_console
 
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.delenv("VIPAMIN_QUIET", raising=False)  # the tests run quiet
-    render_sweep(sweeps["halving"].sweep)  # what tune prints on stderr after the sweep
+    err_console.cache_clear()  # the console reads COLUMNS when made; an earlier test may have made it
+    try:
+        render_sweep(sweeps["halving"].sweep)  # what tune prints on stderr after the sweep
+    finally:
+        err_console.cache_clear()
     table = capsys.readouterr().err
     assert "14 of 24 candidate-epochs" in table and "pruned at" in table
     for text in (stdout, table):  # the 6 pruned runs: "rung 1 (epoch 1)" x 4, "rung 2 (epoch 2)" x 2

@@ -840,7 +840,7 @@ def test_recipe_values_are_checked_before_any_cell(w: SimpleNamespace, tmp_path:
             "--recipe", "vipamin", "--epochs", "1", "--seeds", "1", "--no-plot", "--device", "cpu", "--calib-size", "4",
             "--cache-dir", tmp_path / "cache", "--out", bench]
     line = _one_line_error(*_run(argv, capsys)[::2])
-    assert line.startswith("error: --recipe vipamin (METHODS.md") and "sets K = 32" in line, line
+    assert line.startswith("error: --recipe vipamin (docs/methods.md") and "sets K = 32" in line, line
     assert "16 patch positions" in line and "replaces the recipe's K grid" in line and "--k 32" not in line
     assert not bench.exists()
     tune = ["tune", "-b", "vit-tiny-test", "-d", w.task, "--split", "train800", "--val", "val200", "--recipe",
