@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
 import struct
 import subprocess
 import sys
-import traceback
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from entry_point import run_entry as _run_in_process
 from PIL import Image
 
 EMBED = ["embed", "--backbone", "vit-tiny-test", "--calib-size", "4"]
@@ -424,23 +423,6 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
             entries[os.path.relpath(path, root)] = (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns)
     return entries
 
-
-def _run_in_process(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int | str, str, str]:
-    from vipamin_cli.cli import main
-
-    capsys.readouterr()
-    sigterm = signal.getsignal(signal.SIGTERM)
-    try:
-        code: int | str = main(args)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:  # an escaping exception is a finding; show it like the interpreter would
-        code = "raised"
-        sys.stderr.write(traceback.format_exc())
-    finally:
-        signal.signal(signal.SIGTERM, sigterm)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _run_subprocess(args: list[str], cwd: Path) -> tuple[int, str, str]:

@@ -8,15 +8,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from entry_point import run_entry as _run
 from PIL import Image
 
 from vipamin_cli.validate import LIST_OPTIONS
@@ -64,24 +63,6 @@ def art(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     make_testbed(testbed, seed=0, tasks=["mnist"], train_size=16, val_size=8, test_size=12)  # all 10 classes
     return SimpleNamespace(root=root, data=data, emb=emb, prompts=prompts, ckpt=ckpt, testbed=testbed)
 
-
-def _run(args: list, capsys: pytest.CaptureFixture[str]) -> tuple[int | str, str, str]:
-    """The real entry point, in-process: (exit code, stdout, stderr)."""
-    from vipamin_cli.cli import main
-
-    capsys.readouterr()
-    sigterm = signal.getsignal(signal.SIGTERM)
-    try:
-        code: int | str = main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:  # an escaping exception is a finding
-        code = "raised"
-        sys.stderr.write(traceback.format_exc())
-    finally:
-        signal.signal(signal.SIGTERM, sigterm)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _env(**extra: str) -> dict[str, str]:

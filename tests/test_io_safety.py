@@ -28,8 +28,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from entry_point import run_entry as _run
 from test_data_get import vtab_entries, write_zip
-from test_hostile_inputs import _batch, _env, _namespace_prefix, _one_line_error, _run
+from test_hostile_inputs import _batch, _env, _namespace_prefix, _one_line_error
 
 from vipamin_cli.iosafety import PATH_OPTIONS
 

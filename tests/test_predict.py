@@ -11,37 +11,17 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from entry_point import run_entry as _run
 
 from vipamin_cli.artifacts import load_artifact
 from vipamin_cli.data import load_rgb
-
-
-def _run(args: list, capsys: pytest.CaptureFixture[str]) -> tuple[int | str, str, str]:
-    """The real entry point, in-process: (exit code, stdout, stderr)."""
-    from vipamin_cli.cli import main
-
-    capsys.readouterr()
-    sigterm = signal.getsignal(signal.SIGTERM)
-    try:
-        code: int | str = main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:  # an escaping exception is a finding
-        code = "raised"
-        sys.stderr.write(traceback.format_exc())
-    finally:
-        signal.signal(signal.SIGTERM, sigterm)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _one_line_error(code: int | str, err: str, expected: int = 2) -> str:

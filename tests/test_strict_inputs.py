@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 import typer
+from entry_point import run_entry as _run
 from PIL import Image
 
-from vipamin_cli.cli import app, main
+from vipamin_cli.cli import app
 from vipamin_cli.validate import LIST_OPTIONS
 
 # Python's int() / float() read all of these; a person writing them meant something else or made a typo.
@@ -25,15 +26,6 @@ LOOSE = ("1_0", "+1", " 1", "1 ", "١", "0x10")
 LOOSE_INT_ONLY = ("1.0", "1e1")
 LOOSE_FLOAT_ONLY = ("nan", "infinity", "1_0.5")
 
-
-def _run(args: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _numeric_options(root) -> list[tuple[list[str], str, type, object]]:
