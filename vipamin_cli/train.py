@@ -370,130 +370,259 @@ def train_group(models: list[PromptedViT], train: tuple[torch.Tensor, ...],
     stays the one over ``config.epochs``, so a run continued later from its saved state is the run
     that was never paused.
     """
-    from .prompted import grid_forward
+    _check_shared_schedule(configs)
+    states = states or [RunState() for _ in models]
+    run = _start_group(models, train, configs, device, states, optimizer_states, ema_states, precision,
+                       compile_blocks, data_parallel)
+    try:
+        for epoch in range(states[0].epoch, stop_epoch or configs[0].epochs):
+            lrs, mean_losses, seconds = _train_epoch(run, epoch, on_step)
+            _record_epoch(run, states, val, epoch, (lrs, mean_losses, seconds), tolerate_divergence, stop_epoch)
+            if tolerate_divergence and not any(run.alive):
+                raise RuntimeFailure(f"every configuration diverged by epoch {epoch + 1}", "lower the --lr values")
+            if on_epoch is not None:
+                on_epoch(models, run.opts, states)
+    finally:  # the data-parallel signal handlers never outlive training
+        if run.sync is not None:
+            run.sync.close()
+    return states
 
-    group = len(models)
-    base = configs[0]
+
+@dataclass
+class _GroupRun:
+    """What every epoch and step of one group's training reads and updates, kept in one place so the
+    loop's pieces stay small functions."""
+
+    models: list[PromptedViT]
+    configs: list[TuneConfig]
+    opts: list[torch.optim.Optimizer]
+    device: torch.device
+    tokens: torch.Tensor
+    labels: torch.Tensor
+    views: torch.Tensor | None  # (n, V, T, D) augmented views: one per image per epoch
+    steps: int  # optimizer steps per epoch
+    used: int  # images one epoch trains on
+    alive: list[bool]  # False once a configuration diverged: it stops updating
+    loss_fn: nn.Module
+    autocast: torch.autocast
+    sync: _GradientSync | None
+
+    @property
+    def base(self) -> TuneConfig:
+        """The first configuration: the one whose shared fields (epochs, batch, schedule) the group follows."""
+        return self.configs[0]
+
+
+def _check_shared_schedule(configs: list[TuneConfig]) -> None:
+    """Refuse a group whose configurations disagree on what the one shared loop runs over."""
     shared = ("epochs", "warmup_epochs", "batch_size", "drop_last")
+    base = configs[0]
     if any(tuple(getattr(c, f) for f in shared) != tuple(getattr(base, f) for f in shared) for c in configs):
         raise ValueError("a training group shares epochs, warm-up, batch size and drop_last")
-    states = states or [RunState() for _ in models]
+
+
+def _place_models(models: list[PromptedViT], device: torch.device, compile_blocks: bool) -> None:
+    """Move the models to ``device`` and compile each distinct backbone once (shared ones are one)."""
     for m in models:
         m.to(device)
     if compile_blocks:
         for vit in {id(m.vit): m.vit for m in models}.values():
             compile_backbone(vit)
+
+
+def _build_optimizers(models: list[PromptedViT], configs: list[TuneConfig], device: torch.device,
+                      optimizer_states: list[dict[str, torch.Tensor] | None] | None) -> list[torch.optim.Optimizer]:
+    """One optimizer per configuration, with a resumed run's moments restored so it continues exactly."""
     opts = [make_optimizer(m, c, fused=device.type == "cuda") for m, c in zip(models, configs, strict=True)]
-    for opt, st in zip(opts, optimizer_states or [None] * group, strict=True):
+    for opt, st in zip(opts, optimizer_states or [None] * len(models), strict=True):
         if st:
             load_optimizer_tensors(opt, st)
-    for m, c, st in zip(models, configs, ema_states or [None] * group, strict=True):
+    return opts
+
+
+def _attach_emas(models: list[PromptedViT], configs: list[TuneConfig],
+                 ema_states: list[dict[str, torch.Tensor] | None] | None) -> None:
+    """Give each model its ``WeightEma`` (restored when resuming) or None when its recipe keeps none."""
+    for m, c, st in zip(models, configs, ema_states or [None] * len(models), strict=True):
         m.ema = WeightEma(m, c.ema, st or None) if c.ema > 0 else None
-    alive = [not (st.history and st.history[-1].get("diverged")) for st in states]
-    tokens, labels = train[0], train[1]
-    views = train[2] if len(train) > 2 else None  # (n, V, T, D) augmented views: one per image per epoch
-    n = tokens.shape[0]
+
+
+def _epoch_size(n: int, base: TuneConfig) -> tuple[int, int]:
+    """Steps per epoch and images used per epoch; an input error when drop_last leaves no batch."""
     steps = epoch_steps(n, base)
     if steps < 1:
         raise InputError(f"{n} training images make no full batch of {base.batch_size} with drop_last",
                          "lower --batch-size or pass --no-drop-last")
-    used = steps * base.batch_size if base.drop_last else n
+    return steps, (steps * base.batch_size if base.drop_last else n)
+
+
+def _start_group(models: list[PromptedViT], train: tuple[torch.Tensor, ...], configs: list[TuneConfig],
+                 device: torch.device, states: list[RunState],
+                 optimizer_states: list[dict[str, torch.Tensor] | None] | None,
+                 ema_states: list[dict[str, torch.Tensor] | None] | None, precision: str, compile_blocks: bool,
+                 data_parallel: bool) -> _GroupRun:
+    """Everything the loop needs before its first epoch: models placed, optimizers and EMAs (restored
+    when resuming), which configurations are still alive, the epoch's size, precision and gradient sync."""
+    _place_models(models, device, compile_blocks)
+    opts = _build_optimizers(models, configs, device, optimizer_states)
+    _attach_emas(models, configs, ema_states)
+    alive = [not (st.history and st.history[-1].get("diverged")) for st in states]
+    steps, used = _epoch_size(train[0].shape[0], configs[0])
     loss_fn = nn.CrossEntropyLoss()
     autocast = precision_context(precision, device)
     sync = _GradientSync(models) if data_parallel else None
+    return _GroupRun(models, configs, opts, device, train[0], train[1], train[2] if len(train) > 2 else None,
+                     steps, used, alive, loss_fn, autocast, sync)
 
-    def set_lrs(epoch: int, step: int) -> list[float]:
-        lrs = [c.lr_at(epoch, step, steps) for c in configs]
-        for opt, lr in zip(opts, lrs, strict=True):
-            for param_group in opt.param_groups:
-                param_group["lr"] = lr
-        return lrs
 
-    try:
-        for epoch in range(states[0].epoch, stop_epoch or base.epochs):
-            lrs = set_lrs(epoch, 0)
-            orders = [torch.randperm(n, generator=torch.Generator().manual_seed(c.seed * 1_000_003 + epoch))
-                      for c in configs]
-            picks = [view_choice(n, views.shape[1], c.seed, epoch).to(views.device) for c in configs] \
-                if views is not None else None
-            torch.manual_seed(base.seed * 1_000_003 + epoch)  # dropout draws (a solo run: its own seed)
-            for m in models:
-                m.train()
-            start = time.perf_counter()
-            totals = torch.zeros(group, device=device)
-            for step_index, i in enumerate(range(0, used, base.batch_size)):
-                if step_index and base.schedule_step == "iteration":
-                    set_lrs(epoch, step_index)
-                idx = [o[i: i + base.batch_size] for o in orders]
-                batch = len(idx[0])
-                if sync is not None:
-                    idx = [j[sync.rank::sync.world] for j in idx]
-                for opt in opts:
-                    opt.zero_grad(set_to_none=True)
-                if len(idx[0]):
-                    if picks is None:
-                        xs = [tokens[j.to(tokens.device)].to(device, non_blocking=True) for j in idx]
-                    else:  # each image's drawn view of this epoch
-                        xs = [views[j.to(views.device), pk[j.to(views.device)]].to(device, non_blocking=True)
-                              for j, pk in zip(idx, picks, strict=True)]
-                    ys = [labels[j.to(labels.device)].to(device, non_blocking=True) for j in idx]
-                    with autocast:
-                        logits = (grid_forward(models, xs) if group > 1 and _share_backbone(models)
-                                  else [m(x) for m, x in zip(models, xs, strict=True)])
-                    losses = torch.stack([loss_fn(lg.float(), y) for lg, y in zip(logits, ys, strict=True)])
-                    if sync is not None:
-                        losses = losses * (len(idx[0]) / batch)  # this rank's share of the batch mean
-                    losses.sum().backward()
-                else:  # a rank with no image of this (last, small) batch adds nothing
-                    losses = torch.zeros(group, device=device)
-                if sync is not None:
-                    losses = sync.all_reduce(losses.detach())
-                for m, opt, ok in zip(models, opts, alive, strict=True):
-                    if ok:
-                        opt.step()
-                        if m.ema is not None:
-                            m.ema.update()
-                totals += losses.detach() * batch
-                if on_step is not None:
-                    on_step(len(idx[0]), losses.detach())
-            mean_losses = (totals / used).tolist()  # one host sync per epoch
-            seconds = time.perf_counter() - start
-            for g, (m, c, st) in enumerate(zip(models, configs, states, strict=True)):
-                record: dict[str, Any] = {"epoch": epoch + 1, "lr": lrs[g], "loss": mean_losses[g], "seconds": seconds}
-                finite = math.isfinite(mean_losses[g]) and all(
-                    bool(torch.isfinite(p).all()) for p in m.parameters() if p.requires_grad)
-                if alive[g] and not finite:
-                    if not tolerate_divergence:
-                        scaled = c.lr_scaling == "batch256" and c.batch_size != 256
-                        raise RuntimeFailure(f"the training loss became nan in epoch {epoch + 1} (lr {lrs[g]:.3g}, "
-                                             f"base lr {c.lr}" + (f" x --batch-size {c.batch_size} / 256" if scaled
-                                                                 else "") + ")",
-                                             "lower --lr" + (" (or --batch-size, which scales it)" if scaled and
-                                                             c.batch_size > 256 else "")
-                                             + "; the last good checkpoint is kept")
-                    alive[g] = False
-                if not alive[g]:
-                    record.update(diverged=True, loss=float("nan"))
-                    if val is not None:
-                        record["val_top1"] = 0.0
-                elif val is not None and ((epoch + 1) % c.val_every == 0 or epoch + 1 in (c.epochs, stop_epoch)):
-                    if m.ema is not None:
-                        m.ema.swap()
-                    record["val_top1"] = top1(predict(m, val[0], device), val[1])
-                    if m.ema is not None:
-                        m.ema.swap()
-                    if st.best is None or record["val_top1"] > st.best["val_top1"]:
-                        st.best = {"epoch": epoch + 1, "val_top1": record["val_top1"]}
-                st.history.append(record)
-                st.epoch = epoch + 1
-            if tolerate_divergence and not any(alive):
-                raise RuntimeFailure(f"every configuration diverged by epoch {epoch + 1}", "lower the --lr values")
-            if on_epoch is not None:
-                on_epoch(models, opts, states)
-    finally:  # the data-parallel signal handlers never outlive training
-        if sync is not None:
-            sync.close()
-    return states
+def _set_lrs(run: _GroupRun, epoch: int, step: int) -> list[float]:
+    """Set every optimizer's lr from its configuration's schedule at (epoch, step); the lrs set."""
+    lrs = [c.lr_at(epoch, step, run.steps) for c in run.configs]
+    for opt, lr in zip(run.opts, lrs, strict=True):
+        for param_group in opt.param_groups:
+            param_group["lr"] = lr
+    return lrs
+
+
+def _seed_epoch(run: _GroupRun, epoch: int) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """This epoch's batch orders and drawn views per configuration, and the global seed for dropout:
+    all from (seed, epoch) only, so a resumed run draws what the uninterrupted run drew."""
+    n = run.tokens.shape[0]
+    orders = [torch.randperm(n, generator=torch.Generator().manual_seed(c.seed * 1_000_003 + epoch))
+              for c in run.configs]
+    picks = [view_choice(n, run.views.shape[1], c.seed, epoch).to(run.views.device) for c in run.configs] \
+        if run.views is not None else None
+    torch.manual_seed(run.base.seed * 1_000_003 + epoch)  # dropout draws (a solo run: its own seed)
+    return orders, picks
+
+
+def _train_epoch(run: _GroupRun, epoch: int, on_step: Callable[[int, torch.Tensor], None] | None
+                 ) -> tuple[list[float], list[float], float]:
+    """One pass over the training images for every configuration: the lrs at its start, each
+    configuration's mean loss and the seconds it took."""
+    lrs = _set_lrs(run, epoch, 0)
+    orders, picks = _seed_epoch(run, epoch)
+    for m in run.models:
+        m.train()
+    start = time.perf_counter()
+    totals = torch.zeros(len(run.models), device=run.device)
+    batch_size = run.base.batch_size
+    for step_index, i in enumerate(range(0, run.used, batch_size)):
+        if step_index and run.base.schedule_step == "iteration":
+            _set_lrs(run, epoch, step_index)
+        idx = [o[i: i + batch_size] for o in orders]
+        losses, local = _train_step(run, idx, picks)
+        totals += losses.detach() * len(idx[0])
+        if on_step is not None:
+            on_step(local, losses.detach())
+    mean_losses = (totals / run.used).tolist()  # one host sync per epoch
+    return lrs, mean_losses, time.perf_counter() - start
+
+
+def _train_step(run: _GroupRun, idx: list[torch.Tensor], picks: list[torch.Tensor] | None
+                ) -> tuple[torch.Tensor, int]:
+    """One optimizer step of every live configuration on its batch ``idx`` (this rank's stride of it
+    under data parallel): the step's losses (summed over ranks) and the number of images this rank ran."""
+    batch = len(idx[0])
+    if run.sync is not None:
+        idx = [j[run.sync.rank::run.sync.world] for j in idx]
+    for opt in run.opts:
+        opt.zero_grad(set_to_none=True)
+    if len(idx[0]):
+        losses = _forward_backward(run, idx, picks, batch)
+    else:  # a rank with no image of this (last, small) batch adds nothing
+        losses = torch.zeros(len(run.models), device=run.device)
+    if run.sync is not None:
+        losses = run.sync.all_reduce(losses.detach())
+    for m, opt, ok in zip(run.models, run.opts, run.alive, strict=True):
+        if ok:
+            opt.step()
+            if m.ema is not None:
+                m.ema.update()
+    return losses, len(idx[0])
+
+
+def _step_inputs(run: _GroupRun, idx: list[torch.Tensor], picks: list[torch.Tensor] | None
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each configuration's batch of tokens (each image's drawn view when augmenting) and labels on the device."""
+    if picks is None:
+        xs = [run.tokens[j.to(run.tokens.device)].to(run.device, non_blocking=True) for j in idx]
+    else:  # each image's drawn view of this epoch
+        views = run.views
+        xs = [views[j.to(views.device), pk[j.to(views.device)]].to(run.device, non_blocking=True)
+              for j, pk in zip(idx, picks, strict=True)]
+    ys = [run.labels[j.to(run.labels.device)].to(run.device, non_blocking=True) for j in idx]
+    return xs, ys
+
+
+def _forward_backward(run: _GroupRun, idx: list[torch.Tensor], picks: list[torch.Tensor] | None,
+                      batch: int) -> torch.Tensor:
+    """Forward every configuration's batch (one backbone pass when they share it) and backpropagate the
+    summed losses; under data parallel each rank's loss is weighted by its share of the ``batch``."""
+    from .prompted import grid_forward
+
+    xs, ys = _step_inputs(run, idx, picks)
+    models = run.models
+    with run.autocast:
+        logits = (grid_forward(models, xs) if len(models) > 1 and _share_backbone(models)
+                  else [m(x) for m, x in zip(models, xs, strict=True)])
+    losses = torch.stack([run.loss_fn(lg.float(), y) for lg, y in zip(logits, ys, strict=True)])
+    if run.sync is not None:
+        losses = losses * (len(idx[0]) / batch)  # this rank's share of the batch mean
+    losses.sum().backward()
+    return losses
+
+
+def _record_epoch(run: _GroupRun, states: list[RunState], val: tuple[torch.Tensor, torch.Tensor] | None,
+                  epoch: int, result: tuple[list[float], list[float], float], tolerate_divergence: bool,
+                  stop_epoch: int | None) -> None:
+    """Append each configuration's record of the epoch (lr, loss, seconds, validation when due or
+    diverged) to its history and best, so the saved state says how far and how well it trained."""
+    lrs, mean_losses, seconds = result
+    for g, (m, c, st) in enumerate(zip(run.models, run.configs, states, strict=True)):
+        record: dict[str, Any] = {"epoch": epoch + 1, "lr": lrs[g], "loss": mean_losses[g], "seconds": seconds}
+        _check_divergence(run, g, epoch, lrs[g], mean_losses[g], tolerate_divergence)
+        if not run.alive[g]:
+            record.update(diverged=True, loss=float("nan"))
+            if val is not None:
+                record["val_top1"] = 0.0
+        elif val is not None and ((epoch + 1) % c.val_every == 0 or epoch + 1 in (c.epochs, stop_epoch)):
+            record["val_top1"] = _validate(m, val, run.device)
+            if st.best is None or record["val_top1"] > st.best["val_top1"]:
+                st.best = {"epoch": epoch + 1, "val_top1": record["val_top1"]}
+        st.history.append(record)
+        st.epoch = epoch + 1
+
+
+def _check_divergence(run: _GroupRun, g: int, epoch: int, lr: float, mean_loss: float,
+                      tolerate_divergence: bool) -> None:
+    """Mark configuration ``g`` diverged when its loss or weights went non-finite this epoch; outside a
+    sweep (no ``tolerate_divergence``) that is a runtime failure instead."""
+    finite = math.isfinite(mean_loss) and all(
+        bool(torch.isfinite(p).all()) for p in run.models[g].parameters() if p.requires_grad)
+    if run.alive[g] and not finite:
+        if not tolerate_divergence:
+            raise _divergence_failure(run.configs[g], epoch, lr)
+        run.alive[g] = False
+
+
+def _divergence_failure(c: TuneConfig, epoch: int, lr: float) -> RuntimeFailure:
+    """The error for a diverged solo run, naming the lr it diverged at and how the batch size scaled it."""
+    scaled = c.lr_scaling == "batch256" and c.batch_size != 256
+    return RuntimeFailure(f"the training loss became nan in epoch {epoch + 1} (lr {lr:.3g}, "
+                          f"base lr {c.lr}" + (f" x --batch-size {c.batch_size} / 256" if scaled else "") + ")",
+                          "lower --lr" + (" (or --batch-size, which scales it)" if scaled and c.batch_size > 256
+                                          else "") + "; the last good checkpoint is kept")
+
+
+def _validate(m: PromptedViT, val: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> float:
+    """Validation top-1 of ``m``, with its averaged (EMA) weights when it keeps an EMA."""
+    if m.ema is not None:
+        m.ema.swap()
+    top = top1(predict(m, val[0], device), val[1])
+    if m.ema is not None:
+        m.ema.swap()
+    return top
 
 
 def _share_backbone(models: list[PromptedViT]) -> bool:
