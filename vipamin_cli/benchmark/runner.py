@@ -629,16 +629,44 @@ def _check_init_k(spec: BenchmarkSpec, cell_protocols: dict[str, CellProtocol]) 
 @command_scope()
 def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
     """Run (or resume) every task x method cell of the suite; returns the results and writes the report."""
-    from ..ui import info, progress_bar
+    from .. import distributed
+    from ..ui import info
     from .report import write_report
 
+    methods, recipe, cell_protocols = _check_spec(spec)
+    suite = resolve_suite(spec.suite, spec.root, spec.tasks)
+    out = _declare_outputs(spec)
+    results_path = out / "results.json"
+    results = _load_results(results_path, suite, spec)
+    for t in suite.tasks:
+        results["tasks"][t.name] = t.describe()
+    results["methods"] = list(dict.fromkeys(results["methods"] + methods))
+    invocation = _invocation(spec, recipe, cell_protocols)
+    results["invocations"].append(invocation)
+
+    todo = _plan_cells(suite, methods, recipe, cell_protocols, spec, results, results_path, invocation)
+    if invocation["skipped"]:
+        info(f"benchmark: {len(invocation['skipped'])} finished cell(s) in {results_path} skipped")
+    total = sum(cell_protocols[m].units(spec.grid_batch, spec.sweep) for _, m, _ in todo)
+    write_json(results_path, results)
+    _run_cells(todo, spec, suite.name, cell_protocols, total, out, results, invocation)
+    invocation["finished"] = _now()
+    write_json(results_path, results)
+    if distributed.is_main():
+        write_report(results, out, plot_png=spec.plot)
+    return results
+
+
+def _check_spec(spec: BenchmarkSpec) -> tuple[list[str], Preset | None, dict[str, CellProtocol]]:
+    """Every option of every cell, checked before the first cell runs (a bad value fails in seconds,
+    not hours in); the methods (deduplicated), the preset (None under --recipe) and each cell's protocol."""
     methods = list(dict.fromkeys(spec.methods))
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise InputError(f"unknown --methods {','.join(bad) or '(empty)'}", f"use some of {','.join(METHODS)}")
     _check_init_grid(spec.init_grid)
     from .. import validate as v
-    from ..embed import EmbedConfig
+    from ..embed import EmbedConfig, resolve_device
 
     for lr in spec.overrides.get("full_lrs") or ():  # checked even when no full cell runs
         v.number(lr, "--full-lr", minimum=0, min_open=True, example=0.001)
@@ -651,19 +679,24 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
     EmbedConfig(calib_size=spec.calib_size, device=spec.device).validate()
     if spec.plot:
         _check_plot_support()
-    from ..embed import resolve_device
-
     resolve_device(spec.device)
     _check_init_k(spec, cell_protocols)
-    suite = resolve_suite(spec.suite, spec.root, spec.tasks)
+    return methods, recipe, cell_protocols
+
+
+def _declare_outputs(spec: BenchmarkSpec) -> Path:
+    """The --out folder, with the files the benchmark writes there declared (and checked) as outputs."""
     out = iosafety.declare_output_dir(spec.out, "--out")
     for name, role in (("results.json", "the results"), ("table.md", "the table"), ("results.png", "the plot")):
         iosafety.declare_output(out / name, "--out", role=role)
-    results_path = out / "results.json"
-    results = _load_results(results_path, suite, spec)
-    for t in suite.tasks:
-        results["tasks"][t.name] = t.describe()
-    results["methods"] = list(dict.fromkeys(results["methods"] + methods))
+    return out
+
+
+def _invocation(spec: BenchmarkSpec, recipe: Preset | None, cell_protocols: dict[str, CellProtocol]
+                ) -> dict[str, Any]:
+    """This run's entry in results.json: its preset or recipes, and the cells it computes and skips."""
+    from .. import distributed
+
     if recipe is not None:
         invocation = {"started": _now(), "preset": spec.preset or "paper", "effective_preset": asdict(recipe),
                       "computed": [], "skipped": []}
@@ -672,45 +705,57 @@ def run_benchmark(spec: BenchmarkSpec) -> dict[str, Any]:
                       "cell_recipes": {m: p.recipe for m, p in cell_protocols.items()},
                       "overrides": {k: v for k, v in spec.overrides.items() if v is not None}, "computed": [],
                       "skipped": []}
-    from .. import distributed
-
     if distributed.launched():
         invocation["world_size"] = distributed.world_size()
-    results["invocations"].append(invocation)
+    return invocation
 
-    todo = _plan_cells(suite, methods, recipe, cell_protocols, spec, results, results_path, invocation)
-    if invocation["skipped"]:
-        info(f"benchmark: {len(invocation['skipped'])} finished cell(s) in {results_path} skipped")
-    total = sum(cell_protocols[m].units(spec.grid_batch, spec.sweep) for _, m, _ in todo)
-    write_json(results_path, results)
+
+def _run_cells(todo: list[tuple[Task, str, dict[str, Any]]], spec: BenchmarkSpec, suite_name: str,
+               cell_protocols: dict[str, CellProtocol], total: int, out: Path, results: dict[str, Any],
+               invocation: dict[str, Any]) -> None:
+    """Compute the planned cells in order, embedding each task once, under one progress bar; each
+    finished cell is written to results.json at once, so a cut-off run loses only the cell in progress."""
+    from ..ui import progress_bar
+
     embedded: dict[str, dict[str, Path]] = {}
-    with progress_bar(f"benchmark {suite.name}", total, spec.show_progress) as bar:
+    with progress_bar(f"benchmark {suite_name}", total, spec.show_progress) as bar:
         for i, (task, method, sig) in enumerate(todo):
             label = f"{task.name}/{method} ({i + 1}/{len(todo)})"
             bar.advance(0, cell=label, step="embed")
             if task.name not in embedded:
                 embedded[task.name], results["embeddings"][task.name] = _embed_task(task, spec)
             cell_dir = out / "cells" / task.name / method
-            sig_file = cell_dir / "signature.json"
-            stale = _stale_cell(cell_dir, sig) if distributed.is_main() else False
-            if stale and distributed.is_main():
-                _clear_cell(cell_dir)  # leftovers of a cut-off run with other options
-            if distributed.is_main():
-                cell_dir.mkdir(parents=True, exist_ok=True)
-            write_json(sig_file, sig)
-            distributed.sync()  # the cell folder is ready on rank 0 before any rank trains in it
+            _prepare_cell_dir(cell_dir, sig)
             bar.advance(0, cell=label, step="train")
             cell = run_cell(task, method, embedded[task.name], cell_protocols[method], cell_dir, device=spec.device,
                             init_grid=spec.init_grid, grid_batch=spec.grid_batch, precision=spec.precision,
                             on_epoch=lambda label=label: bar.advance(1, cell=label, step="train"), sweep=spec.sweep)
-            cell.update(signature=sig, signature_digest=_digest(sig), finished_at=_now())
-            results["cells"][f"{task.name}/{method}"] = cell
-            invocation["computed"].append(f"{task.name}/{method}")
-            write_json(results_path, results)
-            s = cell["test_top1"]
-            info(f"{label}: test top-1 {s['mean']:.2f} ± {s['std']:.2f} ({cell['timing']['total_s']:.0f} s)")
-    invocation["finished"] = _now()
-    write_json(results_path, results)
+            _record_cell(results, invocation, out / "results.json", f"{task.name}/{method}", sig, cell, label)
+
+
+def _prepare_cell_dir(cell_dir: Path, sig: dict[str, Any]) -> None:
+    """Make the cell's folder ready with its signature on rank 0 (a stale cut-off run's leftovers with
+    other options cleared first), and hold every rank until it is, before any rank trains in it."""
+    from .. import distributed
+
+    sig_file = cell_dir / "signature.json"
+    stale = _stale_cell(cell_dir, sig) if distributed.is_main() else False
+    if stale and distributed.is_main():
+        _clear_cell(cell_dir)  # leftovers of a cut-off run with other options
     if distributed.is_main():
-        write_report(results, out, plot_png=spec.plot)
-    return results
+        cell_dir.mkdir(parents=True, exist_ok=True)
+    write_json(sig_file, sig)
+    distributed.sync()  # the cell folder is ready on rank 0 before any rank trains in it
+
+
+def _record_cell(results: dict[str, Any], invocation: dict[str, Any], results_path: Path, key: str,
+                 sig: dict[str, Any], cell: dict[str, Any], label: str) -> None:
+    """Put a finished cell (with its signature, to skip it next time) in results.json now, and say its score."""
+    from ..ui import info
+
+    cell.update(signature=sig, signature_digest=_digest(sig), finished_at=_now())
+    results["cells"][key] = cell
+    invocation["computed"].append(key)
+    write_json(results_path, results)
+    s = cell["test_top1"]
+    info(f"{label}: test top-1 {s['mean']:.2f} ± {s['std']:.2f} ({cell['timing']['total_s']:.0f} s)")
