@@ -473,6 +473,19 @@ def _swap(arg, w: SimpleNamespace, dest: Path):
 # Ctrl-C ends every command at the first press
 
 
+def _import_what_commands_import_lazily() -> None:
+    """Import, uninterrupted, the modules the commands import on first use. A SIGINT that lands inside
+    a module's first import leaves it half-registered in this process (torch.export's aot_autograd
+    cache then refuses to register twice), which would break every later test in this process; a
+    real user's Ctrl-C ends the process, so only the test needs this."""
+    import datasets  # noqa: F401
+    import huggingface_hub  # noqa: F401
+    import timm  # noqa: F401
+    import torch
+
+    torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),))  # loads export's whole import path
+
+
 def test_ctrl_c_during_every_command(w: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Every command (its first case) interrupted by a real SIGINT after a short while, in-process: it ends
     at once with exit 130 and one line, or had already finished (exit 0); never a traceback, never a
@@ -481,6 +494,7 @@ def test_ctrl_c_during_every_command(w: SimpleNamespace, tmp_path: Path, capsys:
 
     from vipamin_cli.cli import main
 
+    _import_what_commands_import_lazily()
     codes = {}
     for i, (command, cases) in enumerate(_cases(w, tmp_path / "cache").items()):
         out = tmp_path / f"o{i}"
