@@ -29,3 +29,13 @@ def run_entry(args: list, capsys: pytest.CaptureFixture[str]) -> tuple[int | str
         signal.signal(signal.SIGTERM, sigterm)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def one_line_error(code: int | str, err: str, expected: int = 2) -> str:
+    """The rule for bad input: exit ``expected``, no traceback or internal error, exactly one line on
+    stderr starting with ``error: ``; returns that line."""
+    assert code == expected, (code, err)
+    assert "Traceback" not in err and "internal error" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from entry_point import one_line_error as _one_line_error
 from entry_point import run_entry as _run
 from PIL import Image
 
@@ -108,14 +109,6 @@ def _batch(cases: list[list], tmp: Path, prefix: list[str] | None = None, setup:
     script.unlink()
     argv.unlink()
     return [tuple(r) for r in rows]
-
-
-def _one_line_error(code: int | str, err: str, expected: int = 2) -> str:
-    assert code == expected, (code, err)
-    assert "Traceback" not in err and "internal error" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -18,18 +18,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from entry_point import one_line_error as _one_line_error
 from entry_point import run_entry as _run
 
 from vipamin_cli.artifacts import load_artifact
 from vipamin_cli.data import load_rgb
-
-
-def _one_line_error(code: int | str, err: str, expected: int = 2) -> str:
-    assert code == expected, (code, err)
-    assert "Traceback" not in err and "internal error" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
