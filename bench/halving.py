@@ -39,6 +39,16 @@ class GridSweep:
     grid_selected: Key
     tie_break: str = "smaller-lr"
     test_top1: float | None = None  # a benchmark cell's final test top-1 mean (the grid's selection)
+    init_labels: dict[int, str] | None = None  # init index -> the init settings that vary, e.g. "k 8 lam 0.5"
+
+
+def _init_labels(inits: list[dict[str, Any] | None]) -> dict[int, str] | None:
+    """Name each init candidate by the settings that differ between them (None: one candidate)."""
+    if len(inits) < 2 or any(i is None for i in inits):
+        return None
+    varying = [k for k in inits[0] if len({repr(i.get(k)) for i in inits}) > 1]
+    return {j: " ".join(f"{k} {i[k]:g}" if isinstance(i[k], float) else f"{k} {i[k]}" for k in varying)
+            for j, i in enumerate(inits)}
 
 
 def _add(curves: dict[Key, list[list[dict[str, Any]]]], key: Key, run: dict[str, Any]) -> None:
@@ -76,7 +86,8 @@ def from_cell(cell: dict[str, Any], name: str) -> GridSweep:
     picked = chosen[max(range(len(chosen)), key=lambda j: (scores[j], -j))]
     cfg = _config(sweep["candidates"][0]["runs"])
     return GridSweep(name, cfg["epochs"], cfg.get("warmup_epochs", 0), curves, picked,
-                     cfg.get("tie_break", "smaller-lr"), cell.get("test_top1", {}).get("mean"))
+                     cfg.get("tie_break", "smaller-lr"), cell.get("test_top1", {}).get("mean"),
+                     _init_labels([c.get("init") for c in sweep["candidates"]]))
 
 
 def load(path: Path) -> list[GridSweep]:
@@ -106,7 +117,9 @@ def compare(sweep: GridSweep, eta: int, min_epochs: int | None) -> dict[str, Any
             "agree": rep.selected == sweep.grid_selected,
             "grid_val": val[sweep.grid_selected], "halving_val": val[rep.selected],
             "val_regret": val[sweep.grid_selected] - val[rep.selected], "grid_test_top1": sweep.test_top1,
-            "rule_on_curves": list(best(val, sweep.tie_break))}
+            "rule_on_curves": list(best(val, sweep.tie_break)),
+            "grid_selected_label": _key(sweep.grid_selected, sweep.init_labels),
+            "halving_selected_label": _key(rep.selected, sweep.init_labels)}
 
 
 def search(sweeps: list[GridSweep], etas: list[int]) -> list[dict[str, Any]]:
@@ -124,8 +137,9 @@ def search(sweeps: list[GridSweep], etas: list[int]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["share"], -r["agree"]))
 
 
-def _key(k: list[Any]) -> str:
-    return f"init {k[0]} lr {k[1]:g} wd {k[2]:g}"
+def _key(k: Key | list[Any], labels: dict[int, str] | None = None) -> str:
+    init = labels[k[0]] if labels else f"init {k[0]}"
+    return f"{init} lr {k[1]:g} wd {k[2]:g}"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -135,8 +149,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         test = f"{r['grid_test_top1']:.2f}" if r["grid_test_top1"] is not None else "-"
         lines.append(f"| {r['name']} | {r['configurations']} | {r['rungs']} | {r['grid_candidate_epochs']} | "
-                     f"{r['halving_candidate_epochs']} ({r['share']:.2f}) | {_key(r['grid_selected'])} | "
-                     f"{_key(r['halving_selected'])} | {'yes' if r['agree'] else 'no'} | "
+                     f"{r['halving_candidate_epochs']} ({r['share']:.2f}) | {r['grid_selected_label']} | "
+                     f"{r['halving_selected_label']} | {'yes' if r['agree'] else 'no'} | "
                      f"{r['grid_val']:.2f} / {r['halving_val']:.2f} | {test} |")
     return "\n".join(lines)
 

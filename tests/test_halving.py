@@ -287,6 +287,7 @@ def test_benchmark_halving_cell_is_what_the_replay_of_its_grid_cell_predicts(tmp
     g = grid["selected"]
     assert (k[row["grid_selected"][0]], row["grid_selected"][1]) == (g["init"]["k"], g["lr"])
     assert row["agree"] == (row["grid_selected"] == row["halving_selected"])
+    assert row["halving_selected_label"] == f"k {picked['init']['k']} lr {picked['lr']:g} wd {picked['weight_decay']:g}"
     assert [(r["eta"], r["min_epochs"]) for r in sorted(result["search"], key=lambda r: r["min_epochs"])] == [
         (2, 1), (2, 2), (2, 3)]
     assert next(r for r in result["search"] if r["min_epochs"] == 3)["share"] == 1.0  # one rung: the grid
