@@ -1,8 +1,9 @@
 """Successive halving replayed offline on a grid sweep's recorded per-epoch validation curves.
 
-Run: ``python -m bench.halving RECORD... [--eta 3] [--min-epochs R] [--search] [--json out.json]``
-(seconds; no training). RECORD is a grid sweep's record: a tune checkpoint (``.safetensors``, its
-``sweep`` metadata), its ``<out>.sweep.json``, or a benchmark ``results.json`` (every cell). Each
+Run: ``python -m bench.halving RECORD... [--eta 3] [--min-epochs R] [--search] [--json out.json]
+[--cells '*/vipamin']`` (seconds; no training). RECORD is a grid sweep's record: a tune checkpoint
+(``.safetensors``, its ``sweep`` metadata), its ``<out>.sweep.json``, or a benchmark ``results.json``
+(every cell, or those ``--cells`` names by shell patterns). Each
 run's history holds its validation top-1 after every epoch (``--val-every 1``, the default), and
 a run trains the same whether or not the others are pruned, so the halving rule applied to these
 curves (:func:`vipamin_cli.tuning.halving.replay`, the function ``tune --sweep halving`` decides
@@ -19,6 +20,7 @@ sweeps agree and the mean val regret.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import statistics
 from dataclasses import dataclass
@@ -175,10 +177,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--search", action="store_true", help="also try every (eta, R) pair")
     ap.add_argument("--etas", default="2,3,4", help="the etas --search tries (comma list)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here too")
+    ap.add_argument("--cells", default=None,
+                    help="comma list of shell patterns: only the sweeps named so (e.g. '*/random,count/*')")
     args = ap.parse_args(argv)
     sweeps = [s for p in args.records for s in load(p)]
+    if args.cells is not None:
+        patterns = args.cells.split(",")
+        sweeps = [s for s in sweeps if any(fnmatch.fnmatchcase(s.name, pat) for pat in patterns)]
     if not sweeps:
-        raise SystemExit("no grid sweep in the records")
+        raise SystemExit("no grid sweep in the records" + (f" named {args.cells}" if args.cells else ""))
     try:
         rows = [compare(s, args.eta, args.min_epochs) for s in sweeps]
     except ValueError as e:  # a grid run with --val-every > 1 has no score at some rungs
