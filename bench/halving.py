@@ -3,7 +3,7 @@
 Run: ``python -m bench.halving RECORD... [--eta 3] [--min-epochs R] [--search] [--json out.json]
 [--cells '*/vipamin']`` (seconds; no training). RECORD is a grid sweep's record: a tune checkpoint
 (``.safetensors``, its ``sweep`` metadata), its ``<out>.sweep.json``, or a benchmark ``results.json``
-(every cell, or those ``--cells`` names by shell patterns). Each
+(every cell, or those ``--cells`` names by shell patterns, on the cell or on ``RECORD:cell``). Each
 run's history holds its validation top-1 after every epoch (``--val-every 1``, the default), and
 a run trains the same whether or not the others are pruned, so the halving rule applied to these
 curves (:func:`vipamin_cli.tuning.halving.replay`, the function ``tune --sweep halving`` decides
@@ -169,6 +169,12 @@ def search_table(rows: list[dict[str, Any]], goal_share: float = 1 / 3, goal_reg
     return "\n".join(lines)
 
 
+def _named(cells: str | None, record: Path, name: str) -> bool:
+    """Whether ``--cells`` keeps this sweep: a pattern matches its name or ``RECORD:name``."""
+    return cells is None or any(fnmatch.fnmatchcase(name, pat) or fnmatch.fnmatchcase(f"{record}:{name}", pat)
+                                for pat in cells.split(","))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("records", nargs="+", type=Path, help="tune checkpoints, sweep.json files, benchmark results.json")
@@ -178,12 +184,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--etas", default="2,3,4", help="the etas --search tries (comma list)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here too")
     ap.add_argument("--cells", default=None,
-                    help="comma list of shell patterns: only the sweeps named so (e.g. '*/random,count/*')")
+                    help="comma list of shell patterns: only the sweeps so named, or so named as RECORD:name "
+                         "(e.g. '*/random,count/*' or 'old/results.json:*/random')")
     args = ap.parse_args(argv)
-    sweeps = [s for p in args.records for s in load(p)]
-    if args.cells is not None:
-        patterns = args.cells.split(",")
-        sweeps = [s for s in sweeps if any(fnmatch.fnmatchcase(s.name, pat) for pat in patterns)]
+    sweeps = [s for p in args.records for s in load(p) if _named(args.cells, p, s.name)]
     if not sweeps:
         raise SystemExit("no grid sweep in the records" + (f" named {args.cells}" if args.cells else ""))
     try:

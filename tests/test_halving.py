@@ -290,8 +290,9 @@ def test_benchmark_halving_cell_is_what_the_replay_of_its_grid_cell_predicts(tmp
     assert row["halving_selected_label"] == f"k {picked['init']['k']} lr {picked['lr']:g} wd {picked['weight_decay']:g}"
     with pytest.raises(SystemExit, match=r"no grid sweep in the records named \*/random,x$"):
         bench_halving.main([str(tmp_path / "grid" / "results.json"), "--cells", "*/random,x"])
-    assert bench_halving.main([str(tmp_path / "grid" / "results.json"), "--cells", "*/vip*", "--eta", "2",
-                              "--min-epochs", "1"])["sweeps"] == [row]
+    only = bench_halving.main([str(tmp_path / "grid" / "results.json"), "--cells", "*grid/results.json:*/vip*",
+                               "--eta", "2", "--min-epochs", "1"])
+    assert only["sweeps"] == [row]
     assert [(r["eta"], r["min_epochs"]) for r in sorted(result["search"], key=lambda r: r["min_epochs"])] == [
         (2, 1), (2, 2), (2, 3)]
     assert next(r for r in result["search"] if r["min_epochs"] == 3)["share"] == 1.0  # one rung: the grid
