@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -70,6 +70,9 @@ from .options import (  # the options several commands share, defined once with 
     with_option_groups,
 )
 from .parsing import strict_group_class
+
+if TYPE_CHECKING:
+    from .recipes import TunePlan
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -328,6 +331,28 @@ def _vipamin_lists(grid: VipaminGrid) -> dict[str, tuple[str | None, str, type]]
             "orth_span_tol": (grid.orth_span_tol, "--orth-span-tol", str)}
 
 
+def _tune_recipe_plan(recipe: str | None, init_method: str | None, prompt_length: int | None, grid: InitGrid,
+                      architecture: Architecture, schedule: Schedule, optimiser: Optimiser, selection: Selection,
+                      vapt: Vapt) -> TunePlan:
+    """`tune`'s options resolved against --recipe: the comma lists parsed, and --seed/--seeds split into
+    the sweep's seeds and the final runs' seeds when there are final runs."""
+    from dataclasses import asdict
+
+    from .recipes import plan as make_plan
+
+    given = _given_lists({"seeds": (selection.seeds, "--seeds", int), "lrs": (schedule.lr, "--lr", float),
+                          "weight_decays": (schedule.weight_decay, "--weight-decay", float)})
+    init_grid = _init_grid(_vipamin_lists(grid) | {"sample": (grid.sample, "--sample", str),
+                                                    "seed": (grid.init_seed, "--init-seed", int)})
+    seeds, seed = given.get("seeds"), [selection.seed] if selection.seed is not None else None
+    return make_plan(recipe, lrs=given.get("lrs"), weight_decays=given.get("weight_decays"),
+                     seeds=seed if selection.has_final else (seeds or seed),
+                     final_seeds=seeds if selection.has_final else None, init_method=init_method, init_grid=init_grid,
+                     prompt_length=prompt_length, **asdict(architecture), epochs=schedule.epochs,
+                     warmup_epochs=schedule.warmup_epochs, batch_size=schedule.batch_size, **asdict(optimiser),
+                     **vapt.config(), tie_break=selection.tie_break, val_every=selection.val_every)
+
+
 @app.command(epilog="Examples: vipamin tune --recipe vipamin --backbone mae-vit-b --data ./vtab/dtd --split train800 "
              "--val val200 --final-split train800val200 --out dtd.safetensors  |  vipamin tune --embeddings "
              "train.safetensors --val-embeddings val.safetensors --lr 0.05,0.1 --k 2,8 --lambda 0,0.5")
@@ -368,22 +393,12 @@ def tune(
     from .errors import InputError
     from .inits import InitConfig
     from .recipes import default_augment
-    from .recipes import plan as make_plan
     from .tune import TuneInputs, tune_plan
 
     if selection.final_split is not None and source.data is None:
         raise InputError("--final-split needs --data (and --backbone)", "pass --data, or --final-embeddings FILE")
-    given = _given_lists({"seeds": (selection.seeds, "--seeds", int), "lrs": (schedule.lr, "--lr", float),
-                          "weight_decays": (schedule.weight_decay, "--weight-decay", float)})
-    init_grid = _init_grid(_vipamin_lists(grid) | {"sample": (grid.sample, "--sample", str),
-                                                    "seed": (grid.init_seed, "--init-seed", int)})
-    seeds, seed = given.get("seeds"), [selection.seed] if selection.seed is not None else None
-    plan = make_plan(recipe, lrs=given.get("lrs"), weight_decays=given.get("weight_decays"),
-                     seeds=seed if selection.has_final else (seeds or seed),
-                     final_seeds=seeds if selection.has_final else None, init_method=init_method, init_grid=init_grid,
-                     prompt_length=prompt_length, **asdict(architecture), epochs=schedule.epochs,
-                     warmup_epochs=schedule.warmup_epochs, batch_size=schedule.batch_size, **asdict(optimiser),
-                     **vapt.config(), tie_break=selection.tie_break, val_every=selection.val_every)
+    plan = _tune_recipe_plan(recipe, init_method, prompt_length, grid, architecture, schedule, optimiser, selection,
+                             vapt)
     inputs = TuneInputs(embeddings=source.embeddings, backbone=source.backbone, data=source.data,
                         weights=source.weights, split=source.split, shots=source.shots, val=selection.val,
                         val_embeddings=selection.val_embeddings, prompts=prompts,
@@ -424,6 +439,20 @@ def recipes(
         out_console().print(table)
         for note in r["notes"]:
             out_console().print(f"  note: {note}")
+
+
+def _benchmark_overrides(schedule: Schedule, prompt_length: int | None, full_lr: str | None,
+                         seeds: str | None) -> dict[str, Any]:
+    """The preset's or recipe's values that `benchmark`'s options replace, parsed (None: not given)."""
+    from .validate import seed as check_seed
+
+    return {"epochs": schedule.epochs, "warmup_epochs": schedule.warmup_epochs,
+            "batch_size": schedule.batch_size, "prompt_length": prompt_length,
+            "lrs": _numbers(schedule.lr, "--lr") if schedule.lr is not None else None,
+            "full_lrs": _numbers(full_lr, "--full-lr") if full_lr is not None else None,
+            "weight_decays": (_numbers(schedule.weight_decay, "--weight-decay")
+                              if schedule.weight_decay is not None else None),
+            "seeds": [check_seed(s, "--seeds") for s in _numbers(seeds, "--seeds", int)] if seeds else None}
 
 
 @app.command(epilog="Example: vipamin benchmark --suite testbed --root ./testbed --backbone mae-vit-tiny-mnist "
@@ -475,15 +504,8 @@ def benchmark(
     train800val200 with each seed, test top-1 mean ± std; prints the papers' table (also table.md)."""
     from .benchmark import BenchmarkSpec, run_benchmark
     from .benchmark.report import markdown_table
-    from .validate import seed as check_seed
 
-    overrides = {"epochs": schedule.epochs, "warmup_epochs": schedule.warmup_epochs,
-                 "batch_size": schedule.batch_size, "prompt_length": prompt_length,
-                 "lrs": _numbers(schedule.lr, "--lr") if schedule.lr is not None else None,
-                 "full_lrs": _numbers(full_lr, "--full-lr") if full_lr is not None else None,
-                 "weight_decays": (_numbers(schedule.weight_decay, "--weight-decay")
-                                   if schedule.weight_decay is not None else None),
-                 "seeds": [check_seed(s, "--seeds") for s in _numbers(seeds, "--seeds", int)] if seeds else None}
+    overrides = _benchmark_overrides(schedule, prompt_length, full_lr, seeds)
     init_grid = _given_lists(_vipamin_lists(grid))
     spec = BenchmarkSpec(suite=suite, root=root, backbone=backbone, out=out, weights=weights, init_grid=init_grid,
                          methods=tuple(_strings(methods, "--methods")),

@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import SCHEMA_VERSION
 from .artifacts import atomic_path, load_artifact, read_metadata, save_artifact
@@ -299,6 +299,114 @@ def _deep_prompt_count(config: EmbedConfig) -> int:
     return config.deep_stats_prompts or DEFAULT_DEEP_PROMPTS
 
 
+class _CalibrationSubset(NamedTuple):
+    """The seeded calibration images and their SPT sample, as sorted indices and as per-image masks."""
+
+    index: torch.Tensor
+    sample_index: torch.Tensor
+    is_calib: torch.Tensor
+    is_sample: torch.Tensor
+
+
+def _calibration_subset(n: int, config: EmbedConfig) -> _CalibrationSubset:
+    """Draw the calibration subset, then its sample, from one generator seeded with ``--seed``, so the
+    same images are picked whatever the batch size, device or number of processes."""
+    import torch
+
+    gen = torch.Generator().manual_seed(config.seed)
+    calib_index = torch.randperm(n, generator=gen)[: min(config.calib_size, n)].sort().values
+    sample_index = calib_index[torch.randperm(len(calib_index), generator=gen)[: config.sample_images]].sort().values
+    is_calib = torch.zeros(n, dtype=torch.bool)
+    is_calib[calib_index] = True
+    is_sample = torch.zeros(n, dtype=torch.bool)
+    is_sample[sample_index] = True
+    return _CalibrationSubset(calib_index, sample_index, is_calib, is_sample)
+
+
+def _loader_workers(config: EmbedConfig, device: torch.device) -> int:
+    """DataLoader workers: ``config.workers`` if set, else none on CPU (the forward pass has the cores)
+    and up to 8 feeding a GPU."""
+    if config.workers is not None:
+        return config.workers
+    return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+
+
+def _rank_range(n: int, batch_size: int, split: bool) -> tuple[int, int]:
+    """Images [lo, hi) this process embeds: under torchrun a contiguous block of whole loader batches
+    (so each rank's batches are the single-process ones), else all ``n``."""
+    from . import distributed
+
+    if not split:
+        return 0, n
+    first_batch, last_batch = distributed.block(-(-n // batch_size))
+    return min(n, first_batch * batch_size), min(n, last_batch * batch_size)
+
+
+def _token_loader(image_set: ImageSet, preprocessing: dict[str, Any], config: EmbedConfig, device: torch.device,
+                  workers: int, rows: tuple[int, int] | None) -> Any:
+    """An in-order DataLoader over the images (only rows [lo, hi) when ``rows`` is given), with the
+    preprocessing recorded in the artifact."""
+    from torch.utils.data import DataLoader
+
+    from .data import TorchImages, make_transform
+
+    transform = make_transform(preprocessing["resize"], preprocessing["img_size"], tuple(preprocessing["mean"]),
+                               tuple(preprocessing["std"]), preprocessing["interpolation"])
+    dataset = TorchImages(image_set, transform, indices=list(range(*rows)) if rows is not None else None)
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
+                      num_workers=workers, pin_memory=device.type == "cuda")
+
+
+def _embed_rows(model: torch.nn.Module, loader: Any, recorder: CalibrationRecorder, calib: _CalibrationSubset,
+                rows: tuple[int, int], dtype: torch.dtype, device: torch.device, split: bool, bar: Any,
+                ) -> tuple[torch.Tensor | None, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Block-0 tokens and labels of images [lo, hi). A single process feeds each batch's calibration
+    images to ``recorder`` at once; under torchrun they are kept, full precision, as (global index, tokens)
+    per batch for rank 0 to run in order."""
+    import torch
+
+    lo, hi = rows
+    calib_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+    tokens = None
+    labels = torch.empty(hi - lo, dtype=torch.long)
+    for images, batch_labels, index in _batches(loader):
+        images = images.to(device, non_blocking=True)
+        x = block0_tokens(model, images)
+        if tokens is None:
+            tokens = torch.empty((hi - lo, *x.shape[1:]), dtype=dtype)
+        tokens[index - lo] = x.to("cpu", dtype)
+        labels[index - lo] = batch_labels.long()
+        mask = calib.is_calib[index]
+        if bool(mask.any()):
+            if split:
+                calib_batches.append((index[mask].clone(), x[mask.to(device)].to("cpu").clone()))
+            else:
+                recorder.run(x[mask.to(device)], calib.is_sample[index][mask].to(device))
+        bar.advance(len(index))
+    return tokens, labels, calib_batches
+
+
+def _gather_on_main(tokens: torch.Tensor | None, labels: torch.Tensor,
+                    calib_batches: list[tuple[torch.Tensor, torch.Tensor]], recorder: CalibrationRecorder,
+                    calib: _CalibrationSubset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Under torchrun: every rank's tokens and labels concatenated in rank order on rank 0, which also runs
+    the calibration batches of all ranks in order, as one process would (None on other ranks)."""
+    import torch
+
+    from . import distributed
+
+    distributed.sync()  # every rank embedded its block (else all stop with the failure)
+    parts = distributed.gather_to_main((tokens, labels, calib_batches))
+    if parts is None:
+        return None
+    tokens = torch.cat([p[0] for p in parts if p[0] is not None])
+    labels = torch.cat([p[1] for p in parts])
+    for part in parts:
+        for index, x in part[2]:  # the single-process calibration batches, in order
+            recorder.run(x.to(device), calib.is_sample[index].to(device))
+    return tokens, labels
+
+
 def compute_embeddings(backbone: Backbone, image_set: ImageSet, config: EmbedConfig, preprocessing: dict[str, Any],
                        show_progress: bool = True, views: int = 0) -> dict[str, torch.Tensor] | None:
     """The forward pass itself: block-0 tokens for all images, statistics for the calibration subset,
@@ -310,69 +418,33 @@ def compute_embeddings(backbone: Backbone, image_set: ImageSet, config: EmbedCon
     Augmented views are embedded by rank 0 alone. Ranks other than 0 get None.
     """
     import torch
-    from torch.utils.data import DataLoader
 
     from . import distributed
-    from .data import TorchImages, make_transform
 
     device = resolve_device(config.device)
     dtype = getattr(torch, config.dtype)
     n = len(image_set)
-    gen = torch.Generator().manual_seed(config.seed)
-    calib_index = torch.randperm(n, generator=gen)[: min(config.calib_size, n)].sort().values
-    sample_index = calib_index[torch.randperm(len(calib_index), generator=gen)[: config.sample_images]].sort().values
-    is_calib = torch.zeros(n, dtype=torch.bool)
-    is_calib[calib_index] = True
-    is_sample = torch.zeros(n, dtype=torch.bool)
-    is_sample[sample_index] = True
-
-    transform = make_transform(preprocessing["resize"], preprocessing["img_size"], tuple(preprocessing["mean"]),
-                               tuple(preprocessing["std"]), preprocessing["interpolation"])
-    workers = config.workers
-    if workers is None:
-        workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+    calib = _calibration_subset(n, config)
+    workers = _loader_workers(config, device)
     split = distributed.launched()
-    first_batch, last_batch = distributed.block(-(-n // config.batch_size)) if split else (0, 0)
-    lo, hi = (min(n, first_batch * config.batch_size), min(n, last_batch * config.batch_size)) if split else (0, n)
-    dataset = TorchImages(image_set, transform, indices=list(range(lo, hi)) if split else None)
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
-                        num_workers=workers, pin_memory=device.type == "cuda")
+    lo, hi = _rank_range(n, config.batch_size, split)
+    loader = _token_loader(image_set, preprocessing, config, device, workers, (lo, hi) if split else None)
     model = backbone.model.to(device)
     recorder = CalibrationRecorder(model, dtype, deep_stats_prompts(config, len(model.blocks), int(model.embed_dim),
                                                                     int(model.patch_embed.patch_size[0])))
-    calib_batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # (global index, tokens) per batch, when split
-    tokens = None
-    labels = torch.empty(hi - lo, dtype=torch.long)
     # Everything runs in float32 (CALIB_PRECISION), on CUDA too: the patch embedding is cheap, and the
     # calibration statistics feed the inits; --dtype only sets how the tokens are stored.
     with torch.inference_mode(), full_float32(), progress_bar(f"embed {image_set.split}", hi - lo,
                                                               show_progress) as bar:
-        for images, batch_labels, index in _batches(loader):
-            images = images.to(device, non_blocking=True)
-            x = block0_tokens(model, images)
-            if tokens is None:
-                tokens = torch.empty((hi - lo, *x.shape[1:]), dtype=dtype)
-            tokens[index - lo] = x.to("cpu", dtype)
-            labels[index - lo] = batch_labels.long()
-            mask = is_calib[index]
-            if bool(mask.any()):
-                if split:
-                    calib_batches.append((index[mask].clone(), x[mask.to(device)].to("cpu").clone()))
-                else:
-                    recorder.run(x[mask.to(device)], is_sample[index][mask].to(device))
-            bar.advance(len(index))
+        tokens, labels, calib_batches = _embed_rows(model, loader, recorder, calib, (lo, hi), dtype, device, split,
+                                                       bar)
         if split:
-            distributed.sync()  # every rank embedded its block (else all stop with the failure)
-            parts = distributed.gather_to_main((tokens, labels, calib_batches))
-            if parts is None:
+            gathered = _gather_on_main(tokens, labels, calib_batches, recorder, calib, device)
+            if gathered is None:
                 backbone.model.to("cpu")
                 return None
-            tokens = torch.cat([p[0] for p in parts if p[0] is not None])
-            labels = torch.cat([p[1] for p in parts])
-            for part in parts:
-                for index, x in part[2]:  # the single-process calibration batches, in order
-                    recorder.run(x.to(device), is_sample[index].to(device))
-    out = {"tokens": tokens, "labels": labels, "calib.index": calib_index, "calib.sample_index": sample_index}
+            tokens, labels = gathered
+    out = {"tokens": tokens, "labels": labels, "calib.index": calib.index, "calib.sample_index": calib.sample_index}
     out.update(recorder.tensors())
     if views > 0:
         out.update(_embed_views(model, image_set, config, preprocessing, views, device, workers, show_progress))

@@ -257,10 +257,7 @@ def plan(recipe: str | None = None, *, lrs: list[float] | None = None, weight_de
     Without a recipe the grids stay single values (lr 0.1, weight decay 0.01, seed 42, one init) as
     before; with a recipe the grids, init sweep and final seeds are the paper's.
     """
-    explicit = {k: v for k, v in config.items() if v is not None}
-    unknown = set(explicit) - set(TuneConfig.__dataclass_fields__)
-    if unknown:
-        raise TypeError(f"unknown TuneConfig fields {sorted(unknown)}")
+    explicit = _explicit_fields(config)
     r = get_recipe(recipe or "vipamin")
     resolved: dict[str, Any] = {}
 
@@ -300,19 +297,42 @@ def plan(recipe: str | None = None, *, lrs: list[float] | None = None, weight_de
                                      if r.head_weight_decay_by_family and "head_weight_decay" not in
                                      {k for k, v in resolved.items() if v["source"] == "option"} else None),
     )
-    if r.pool_by_family is not None and config.get("pool") is None:
+    _record_family_values(out, r, pool_given=config.get("pool") is not None,
+                          full_default_lr=full and lrs is None and recipe is None)
+    _require_grids(out)
+    return out
+
+
+def _explicit_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """The TuneConfig fields given a value (None: take the recipe's); an unknown name is a caller's bug,
+    so it is a TypeError rather than an input error."""
+    explicit = {k: v for k, v in config.items() if v is not None}
+    unknown = set(explicit) - set(TuneConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown TuneConfig fields {sorted(unknown)}")
+    return explicit
+
+
+def _record_family_values(out: TunePlan, r: Recipe, pool_given: bool, full_default_lr: bool) -> None:
+    """Set the recipe's per-family pool (unless --pool was given) and record it, --arch full's default lr,
+    and the per-family head weight decay in ``out.resolved``, so `tune` reports where each value came from."""
+    resolved = out.resolved
+    if r.pool_by_family is not None and not pool_given:
         out.pool_by_family = dict(r.pool_by_family.value)
         resolved["pool"] = {"value": _plain(out.pool_by_family), "source": r.pool_by_family.source}
-    if full and lrs is None and recipe is None:
+    if full_default_lr:
         resolved["lrs"]["source"] = f"vipamin default for --arch full ({FULL_DEFAULT_LR}: one value of VPT's grid)"
     if out.head_weight_decay_by_family:
         resolved["head_weight_decay"] = {"value": _plain(out.head_weight_decay_by_family),
                                          "source": r.head_weight_decay_by_family.source}
+
+
+def _require_grids(out: TunePlan) -> None:
+    """Refuse an empty grid or final-seed list: the sweep would train nothing."""
     for what, values in (("--lr", out.lrs), ("--weight-decay", out.weight_decays), ("--seeds", out.seeds),
                          ("final seeds", out.final_seeds)):
         if not values:
             raise InputError(f"{what} is empty", f"pass at least one value to {what}")
-    return out
 
 
 FULL_DEFAULT_LR = 0.001  # --arch full without a recipe: one value of VPT's full fine-tuning grid

@@ -22,6 +22,48 @@ def _class_dirs(folder: Path) -> list[str]:
         ) from exc
 
 
+def _inside(path: str, real_root: str) -> bool:
+    """Whether ``path``, links resolved, is the dataset root or lies under it."""
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def _list_folder(folder: str) -> tuple[tuple[int, int], list[os.DirEntry[str]]]:
+    """The folder's (device, inode), to detect a folder reached twice, and its entries sorted by name,
+    so the walk order (and thus the keys) does not depend on the file system."""
+    try:
+        st = os.stat(folder)
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        raise InputError(f"cannot list folder {folder}: {_reason(exc)}",
+                         "check the path and its permissions") from exc
+    return (st.st_dev, st.st_ino), entries
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """``entry.is_dir()``, with an unreadable entry (e.g. a dangling link) taken as a file."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _claim_image(path: str, root: Path, seen: dict[tuple[int, int], str]) -> str:
+    """The image's root-relative key, entered in ``seen`` by (device, inode); a file already seen under
+    another key (linked twice) is refused, so no image is counted twice or under two labels."""
+    key = Path(os.path.relpath(path, root)).as_posix()
+    try:
+        fst = os.stat(path)
+    except OSError as exc:
+        raise InputError(f"cannot read image {path}: {_reason(exc)}", "remove or replace the file") from exc
+    ident = (fst.st_dev, fst.st_ino)
+    if ident in seen:
+        raise InputError(f"image {key} is the same file as {seen[ident]} (linked twice) in {root}",
+                         "remove one of the links; each image must appear once, under one class")
+    seen[ident] = key
+    return key
+
+
 def _find_images(class_dir: Path, root: Path, seen: dict[tuple[int, int], str] | None = None) -> list[str]:
     """Image files under ``class_dir`` (recursive, hidden entries skipped), as sorted root-relative keys.
 
@@ -35,18 +77,8 @@ def _find_images(class_dir: Path, root: Path, seen: dict[tuple[int, int], str] |
     keys: list[str] = []
     visited: set[tuple[int, int]] = set()
 
-    def inside(path: str) -> bool:
-        real = os.path.realpath(path)
-        return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
-
     def walk(folder: str) -> None:
-        try:
-            st = os.stat(folder)
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as exc:
-            raise InputError(f"cannot list folder {folder}: {_reason(exc)}",
-                             "check the path and its permissions") from exc
-        ident = (st.st_dev, st.st_ino)
+        ident, entries = _list_folder(folder)
         if ident in visited:
             raise InputError(f"folder link {folder} leads back to a folder already read (a symlink loop or a link to "
                              f"a parent) in {class_dir}", "remove the link; each image must be reachable once")
@@ -55,29 +87,15 @@ def _find_images(class_dir: Path, root: Path, seen: dict[tuple[int, int], str] |
             if entry.name.startswith("."):
                 continue
             path = entry.path
-            if entry.is_symlink() and not inside(path):
+            if entry.is_symlink() and not _inside(path, real_root):
                 raise InputError(f"link {path} points outside the dataset root {root} (to {os.path.realpath(path)})",
                                  "copy the images into the dataset folder or remove the link")
-            try:
-                is_dir = entry.is_dir()
-            except OSError:
-                is_dir = False
-            if is_dir:
+            if _is_dir(entry):
                 walk(path)
                 continue
             if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
                 continue
-            key = Path(os.path.relpath(path, root)).as_posix()
-            try:
-                fst = os.stat(path)
-            except OSError as exc:
-                raise InputError(f"cannot read image {path}: {_reason(exc)}", "remove or replace the file") from exc
-            ident = (fst.st_dev, fst.st_ino)
-            if ident in seen:
-                raise InputError(f"image {key} is the same file as {seen[ident]} (linked twice) in {root}",
-                                 "remove one of the links; each image must appear once, under one class")
-            seen[ident] = key
-            keys.append(key)
+            keys.append(_claim_image(path, root, seen))
 
     walk(os.fspath(class_dir))
     if not keys:

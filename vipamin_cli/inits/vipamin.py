@@ -226,6 +226,58 @@ def k_origin(recipe: str | None, source: str | None, given: bool) -> str:
     return f"--recipe {recipe} ({source})" if source else f"--recipe {recipe}"
 
 
+def _match_prompts(ctx: InitContext, block: int, config: InitConfig, generator: torch.Generator,
+                   calib_prompts: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """VIPAMIN's matching part: each query prompt becomes the mean block input over the K patch positions
+    whose mean keys are most similar (cosine) to its own key. Returns (query, index, similarity, match).
+
+    The queries are drawn from ``generator``; with --deep-stats reference statistics, deep VIPAMIN's queries
+    are instead the very prompts the calibration pass carried in this block, as in the authors' code.
+    """
+    blk = ctx.vit.blocks[block]
+    npf, p = ctx.num_prefix, config.num_prompts
+    x_mean = ctx.stats["calib.block_input_mean"][block].float()  # (T, D)
+    patch_keys = ctx.stats["calib.key_mean"][block, npf:].float()  # (N, dh)
+    query = calib_prompts[block].float() if calib_prompts is not None else uniform_prompts(p, ctx.dim, ctx.patch,
+                                                                                            generator)
+    with torch.no_grad():
+        query_keys = head_mean_keys(blk, query)
+    sim = F.normalize(query_keys, dim=-1) @ F.normalize(patch_keys, dim=-1).T  # (P, N)
+    top_sim, index = torch.topk(sim, config.k, dim=-1)
+    match = x_mean[npf + index].mean(1)  # (P, D)
+    return query, index, top_sim, match
+
+
+def _ln_orthogonal_part(fresh: torch.Tensor, blk: torch.nn.Module, block: int, basis: torch.Tensor,
+                        rcond: float | None, value_map: tuple[torch.Tensor, torch.Tensor],
+                        info: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``--orth exact-ln``: tokens whose value vectors through LN1 leave the span. When no token can, the
+    weakest span directions are dropped (recorded in ``info``) until one can; returns (tokens, basis used)."""
+    orth = ln_orthogonal_tokens(fresh, blk, basis, rcond, value_map)
+    while orth is None and basis.shape[1] > 0:  # infeasible: drop the weakest span directions
+        basis = basis[:, : basis.shape[1] - max(1, basis.shape[1] // 4)]
+        orth = ln_orthogonal_tokens(fresh, blk, basis, rcond, value_map)
+        info.update(rank_used=basis.shape[1], truncated=True, ln_infeasible=True)
+    if orth is None:
+        raise InputError(f"block {block}: no token has a value vector orthogonal to the span",
+                         "use --orth exact")
+    return orth, basis
+
+
+def _linear_orthogonal_part(value: torch.Tensor, basis: torch.Tensor, rcond: float | None,
+                            value_map: tuple[torch.Tensor, torch.Tensor], orth_mode: str) -> torch.Tensor:
+    """``--orth exact`` / ``reference`` (LayerNorm ignored): the tokens mapped by x W_V^T + b_V onto the
+    random values' components outside the span; ``reference`` keeps the authors' pinv(W_V) formula."""
+    w_v, b_v = value_map
+    value_perp = value - (value @ basis) @ basis.T
+    if orth_mode == "exact":  # solve x W_V^T + b_V = v_perp
+        return solve_value_map(w_v, value_perp - b_v) if rcond is None else \
+            (value_perp - b_v) @ torch.linalg.pinv(w_v.T, rtol=rcond)
+    # the reference code's formula, kept for reproduction
+    w_pinv = torch.linalg.pinv(w_v) if rcond is None else torch.linalg.pinv(w_v, rtol=rcond)
+    return (value_perp - b_v) @ w_pinv
+
+
 class VipaminInit:
     name: ClassVar[str] = "vipamin"
 
@@ -253,20 +305,10 @@ class VipaminInit:
     def init_block(self, ctx: InitContext, block: int, config: InitConfig,
                    generator: torch.Generator) -> BlockInit:
         blk = ctx.vit.blocks[block]
-        npf, p = ctx.num_prefix, config.num_prompts
-        x_mean = ctx.stats["calib.block_input_mean"][block].float()  # (T, D)
-        patch_keys = ctx.stats["calib.key_mean"][block, npf:].float()  # (N, dh)
-
-        # A. matching ("embedding selection"); with --deep-stats reference statistics, deep VIPAMIN's queries
-        # are the very prompts the calibration pass carried in this block, as in the authors' code.
+        p = config.num_prompts
+        # A. matching ("embedding selection")
         calib_prompts = ctx.stats.get("calib.deep_stats_prompts") if config.deep else None
-        query = calib_prompts[block].float() if calib_prompts is not None else uniform_prompts(p, ctx.dim, ctx.patch,
-                                                                                                generator)
-        with torch.no_grad():
-            query_keys = head_mean_keys(blk, query)
-        sim = F.normalize(query_keys, dim=-1) @ F.normalize(patch_keys, dim=-1).T  # (P, N)
-        top_sim, index = torch.topk(sim, config.k, dim=-1)
-        match = x_mean[npf + index].mean(1)  # (P, D)
+        query, index, top_sim, match = _match_prompts(ctx, block, config, generator, calib_prompts)
 
         # B. orthogonal component ("subspace expansion")
         ln_mode = config.orth == "exact-ln"
@@ -279,22 +321,9 @@ class VipaminInit:
         w_v, b_v = value_projection(blk)
         value = fresh.double() @ w_v.T + b_v
         if ln_mode:
-            orth = ln_orthogonal_tokens(fresh, blk, basis, rcond, (w_v, b_v))
-            while orth is None and basis.shape[1] > 0:  # infeasible: drop the weakest span directions
-                basis = basis[:, : basis.shape[1] - max(1, basis.shape[1] // 4)]
-                orth = ln_orthogonal_tokens(fresh, blk, basis, rcond, (w_v, b_v))
-                info.update(rank_used=basis.shape[1], truncated=True, ln_infeasible=True)
-            if orth is None:
-                raise InputError(f"block {block}: no token has a value vector orthogonal to the span",
-                                 "use --orth exact")
+            orth, basis = _ln_orthogonal_part(fresh, blk, block, basis, rcond, (w_v, b_v), info)
         else:
-            value_perp = value - (value @ basis) @ basis.T
-            if config.orth == "exact":  # solve x W_V^T + b_V = v_perp
-                orth = solve_value_map(w_v, value_perp - b_v) if rcond is None else \
-                    (value_perp - b_v) @ torch.linalg.pinv(w_v.T, rtol=rcond)
-            else:  # the reference code's formula, kept for reproduction
-                w_pinv = torch.linalg.pinv(w_v) if rcond is None else torch.linalg.pinv(w_v, rtol=rcond)
-                orth = (value_perp - b_v) @ w_pinv
+            orth = _linear_orthogonal_part(value, basis, rcond, (w_v, b_v), config.orth)
         # How much of each value vector still lies in the pretrained span (0 = fully orthogonal):
         # linearly (x W_V^T + b_V) and through LN1, as the block really computes it.
         info["orth_in_span"] = span_share(orth @ w_v.T + b_v, basis)

@@ -161,25 +161,51 @@ def save_encoder(model: MaskedAutoencoder, out: Path, meta: dict[str, str]) -> s
     return hashlib.sha256(out.read_bytes()).hexdigest()
 
 
+def _padded_mnist_train(wheel: str) -> torch.Tensor:
+    """MNIST's 60,000 training digits as (N, 1, IMG, IMG) floats in [0, 1], zero-padded from 28 px to
+    the backbone's input size so the digit sits in the middle as on the testbed's canvases."""
+    from vipamin_cli.testbed.mnist import load_mnist
+
+    images, _ = load_mnist("train", wheel)
+    gray = torch.from_numpy(images).float().div_(255.0)[:, None]
+    pad = (IMG - gray.shape[-1]) // 2
+    return F.pad(gray, (pad, IMG - gray.shape[-1] - pad, pad, IMG - gray.shape[-1] - pad))
+
+
+def _optimizer(model: MaskedAutoencoder, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """MAE's AdamW: weight decay on matrices only (not biases, norms or the mask/cls tokens), betas (0.9, 0.95)."""
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2 and "token" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and (p.dim() < 2 or "token" in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+
+
+def _train_step(model: MaskedAutoencoder, opt: torch.optim.Optimizer, gray: torch.Tensor, gen: torch.Generator,
+                lr: float, step: int) -> torch.Tensor:
+    """One optimiser step on a batch: augment, then the masked reconstruction loss (both draw from
+    ``gen``, in that order); stops the run on a non-finite loss. Returns the loss."""
+    g = augment(gray, gen)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    loss = model(to_inputs(g), g, gen)
+    if not torch.isfinite(loss):
+        raise SystemExit(f"loss became {loss.item()} at step {step}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+
 def pretrain(wheel: str, out: str, epochs: float, seed: int = 0, threads: int = 1, log: str | None = None,
              batch: int = 256, lr: float = 1e-3, weight_decay: float = 0.05, warmup_frac: float = 0.05,
              max_steps: int | None = None) -> dict[str, float | int | str]:
     """Train the MAE and write the encoder; returns a summary (steps, seconds, last losses, sha256)."""
-    from vipamin_cli.testbed.mnist import load_mnist
-
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(seed)
-    images, _ = load_mnist("train", wheel)
-    gray = torch.from_numpy(images).float().div_(255.0)[:, None]
-    pad = (IMG - gray.shape[-1]) // 2
-    gray = F.pad(gray, (pad, IMG - gray.shape[-1] - pad, pad, IMG - gray.shape[-1] - pad))
-
+    gray = _padded_mnist_train(wheel)
     model = MaskedAutoencoder()
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2 and "token" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and (p.dim() < 2 or "token" in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    opt = _optimizer(model, lr, weight_decay)
     gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = gray.shape[0] // batch
     total = max(1, int(round(epochs * steps_per_epoch)))
@@ -200,17 +226,8 @@ def pretrain(wheel: str, out: str, epochs: float, seed: int = 0, threads: int = 
         for i in range(steps_per_epoch):
             if step >= total:
                 break
-            idx = perm[i * batch:(i + 1) * batch]
-            g = augment(gray[idx], gen)
             cur_lr = lr_at(step, total, warmup, lr)
-            for group in opt.param_groups:
-                group["lr"] = cur_lr
-            loss = model(to_inputs(g), g, gen)
-            if not torch.isfinite(loss):
-                raise SystemExit(f"loss became {loss.item()} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = _train_step(model, opt, gray[perm[i * batch:(i + 1) * batch]], gen, cur_lr, step)
             step += 1
             elapsed = time.perf_counter() - t0
             rows.append((step, step / steps_per_epoch, cur_lr, loss.item(), elapsed))
