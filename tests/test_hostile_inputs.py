@@ -264,6 +264,9 @@ def test_every_numeric_and_list_option(command: str, option: str, value: str, ar
     (["tune", "--vapt-kernel", "5"], ["--vapt-kernel 5", "4x4 patch grid"]),
     (["tune", "--weight-decay", "nan"], ["--weight-decay 'nan' is not a number"]),
     (["tune", "--lr", "0.1,,0.2"], ["--lr", "empty item"]),
+    (["tune", "--k", "2,z"], ["--k '2,z': 'z' is not an integer", "pass e.g. --k 2,8,32"]),
+    (["tune", "--lambda", "0,x"], ["--lambda '0,x': 'x' is not a number", "pass e.g. --lambda 0,0.5"]),
+    (["tune", "--seeds", "1,s"], ["--seeds '1,s': 's' is not an integer", "pass e.g. --seeds 42,44,82"]),
 ])
 def test_range_checks_name_the_option(args: list[str], names: list[str], art: SimpleNamespace, tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:

@@ -62,11 +62,16 @@ def distinct(values: Sequence[Any], option: str, example: str | None = None) -> 
         seen[value] = value
 
 
+# What a fix suggests for each list option (a seeds example on --k read as a seed list).
+LIST_EXAMPLES = {"--lr": "0.05,0.1", "--weight-decay": "0,0.001", "--full-lr": "0.001,0.005", "--lambda": "0,0.5",
+                 "--k": "2,8,32", "--seeds": "42,44,82"}
+
+
 def number_list(text: str | None, option: str, kind: type = float) -> list:
     """A comma-separated list option (``--lr 0.05,0.1``): non-empty items, each a strict number, no repeats."""
     from . import validate as v
 
-    example = "0.05,0.1" if kind is float else "42,44,82"
+    example = LIST_EXAMPLES.get(option, "0.05,0.1" if kind is float else "2,8")
     items = _items(text, option, example)
     values = []
     for item in items:
