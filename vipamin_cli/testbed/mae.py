@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import json
 import math
 import sys
 import time
@@ -151,13 +152,35 @@ def encoder_state(model: MaskedAutoencoder) -> dict[str, torch.Tensor]:
     return {k: v.detach().to(torch.float16).contiguous() for k, v in model.encoder.state_dict().items()}
 
 
+# safetensors writes the metadata from a hash map, in an order that changes from run to run (the
+# tensors are sorted). save_encoder rewrites the header with the metadata in this fixed order, the
+# shipped file's, so a re-run from the seed reproduces its sha256 (backbones.MAE_MNIST_SHA256).
+META_ORDER = ("torch", "recipe", "final_loss", "seed", "epochs", "steps")
+
+
+def _fixed_metadata_order(path: Path) -> None:
+    """Rewrite ``path``'s safetensors header with the metadata keys in META_ORDER (then sorted)."""
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    meta = header.pop("__metadata__", {})
+    keys = [k for k in META_ORDER if k in meta] + sorted(k for k in meta if k not in META_ORDER)
+    text = json.dumps({"__metadata__": {k: meta[k] for k in keys}, **header}, separators=(",", ":"),
+                      ensure_ascii=False).encode()
+    if len(text) > size:  # the same keys and values reordered cannot grow; never write a broken header
+        raise RuntimeError(f"{path}: the reordered safetensors header is longer ({len(text)} > {size} bytes)")
+    path.write_bytes(raw[:8] + text.ljust(size) + raw[8 + size:])
+
+
 def save_encoder(model: MaskedAutoencoder, out: Path, meta: dict[str, str]) -> str:
+    """Write the encoder's weights (float16) atomically, byte-reproducibly; returns the file's sha256."""
     from safetensors.torch import save_file
 
     from vipamin_cli.artifacts import atomic_path
 
     with atomic_path(out) as tmp:
         save_file(encoder_state(model), str(tmp), metadata=meta)
+        _fixed_metadata_order(Path(tmp))
     return hashlib.sha256(out.read_bytes()).hexdigest()
 
 
