@@ -140,3 +140,34 @@ def test_corrupt_builtin_weights_are_refused(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(backbones, "BUILTIN_WEIGHTS_DIR", tmp_path)
     with pytest.raises(InputError, match=r"built-in backbone 'mae-vit-tiny-mnist'.*sha256"):
         backbones.load_backbone("mae-vit-tiny-mnist")
+
+
+def test_save_encoder_writes_the_same_bytes_every_time(tmp_path: Path) -> None:
+    """safetensors orders metadata differently from run to run; save_encoder fixes the order, so the
+    shipped weights re-saved through it keep their recorded sha256 and every save is byte-identical."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    from vipamin_cli.backbones import MAE_MNIST_SHA256
+    from vipamin_cli.testbed import mae
+
+    shipped = Path(mae.__file__).parent / "weights" / "mae-vit-tiny-mnist.safetensors"
+    with safe_open(str(shipped), "pt") as f:
+        meta = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    model = mae.MaskedAutoencoder()
+    model.encoder.load_state_dict({k: v.float() for k, v in state.items()})
+    digests = {mae.save_encoder(model, tmp_path / f"w{i}.safetensors", meta) for i in range(5)}
+    assert digests == {MAE_MNIST_SHA256}
+    assert hashlib.sha256((tmp_path / "w0.safetensors").read_bytes()).hexdigest() == MAE_MNIST_SHA256
+    raw = (tmp_path / "w0.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+    assert list(header["__metadata__"]) == list(mae.META_ORDER)
+    extra = {**meta, "zeta": "1", "alpha": "2"}  # keys outside META_ORDER follow it, sorted
+    mae.save_encoder(model, tmp_path / "x.safetensors", extra)
+    raw = (tmp_path / "x.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+    assert list(header["__metadata__"]) == [*mae.META_ORDER, "alpha", "zeta"]
+    with safe_open(str(tmp_path / "x.safetensors"), "pt") as f:
+        assert f.metadata() == extra and torch.equal(f.get_tensor("cls_token"), state["cls_token"])
