@@ -35,7 +35,9 @@ def escape(text: object) -> str:
 
 @lru_cache(maxsize=1)
 def err_console() -> Console:
-    return Console(stderr=True, markup=False, highlight=False)
+    """stderr; when it is a log file or pipe (and COLUMNS is unset) as wide as stdout's, not rich's 80."""
+    wide = not sys.stderr.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=True, width=160 if wide else None, markup=False, highlight=False)
 
 
 def out_console() -> Console:
@@ -146,4 +148,4 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
 def info(message: object, style: str | None = None) -> None:
     """A note on stderr (silent under VIPAMIN_QUIET): printed literally, in ``style`` if given."""
     if not quiet():
-        err_console().print(message, style=style, highlight=False)
+        err_console().print(message, style=style, highlight=False, soft_wrap=True)  # one line: grep-able logs
