@@ -154,7 +154,8 @@ def encoder_state(model: MaskedAutoencoder) -> dict[str, torch.Tensor]:
 
 # safetensors writes the metadata from a hash map, in an order that changes from run to run (the
 # tensors are sorted). save_encoder rewrites the header with the metadata in this fixed order, the
-# shipped file's, so a re-run from the seed reproduces its sha256 (backbones.MAE_MNIST_SHA256).
+# shipped file's, so identical tensors give an identical file (re-saved, the shipped weights keep
+# backbones.MAE_MNIST_SHA256; a re-run on other CPU kernels trains other tensors: docs/backbones.md).
 META_ORDER = ("torch", "recipe", "final_loss", "seed", "epochs", "steps")
 
 
