@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .errors import RuntimeFailure, VipaminError
 
 BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE: what the shell reports for a Unix tool ended by a closed pipe
+LOG_WIDTH = 160  # both consoles' width when writing to a file or pipe: tables do not wrap inside logs
 
 
 def escape(text: object) -> str:
@@ -37,12 +38,12 @@ def escape(text: object) -> str:
 def err_console() -> Console:
     """stderr; when it is a log file or pipe (and COLUMNS is unset) as wide as stdout's, not rich's 80."""
     wide = not sys.stderr.isatty() and "COLUMNS" not in os.environ
-    return Console(stderr=True, width=160 if wide else None, markup=False, highlight=False)
+    return Console(stderr=True, width=LOG_WIDTH if wide else None, markup=False, highlight=False)
 
 
 def out_console() -> Console:
     """stdout; wide when piped so tables do not wrap inside logs."""
-    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160, markup=False, highlight=False)
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else LOG_WIDTH, markup=False, highlight=False)
 
 
 class StdoutClosed(VipaminError):
