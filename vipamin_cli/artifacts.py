@@ -110,9 +110,11 @@ def atomic_path(path: str | os.PathLike, what: str | None = None, sync: bool = T
             iosafety.check_replaceable(dest, out)
             iosafety.check_not_read(dest, out)
             os.replace(tmp_path, dest)
+            iosafety.settle(tmp_path)
         iosafety.mark_written(dest)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
+        iosafety.settle(tmp_path)
         raise
 
 

@@ -870,7 +870,13 @@ def _main(argv: list[str] | None = None) -> int:
     """The app with every way out turned into an exit code; a Ctrl-C at any point (even while a module
     is imported) is one line and 130."""
     try:
-        return _run_app(argv)
+        try:
+            return _run_app(argv)
+        finally:
+            from .iosafety import remove_pending, shielded
+
+            with shielded():
+                remove_pending()  # a second net under the command scope's: a Ctrl-C as that scope ended
     except KeyboardInterrupt:
         _say("error: interrupted")
         return 130

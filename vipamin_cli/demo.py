@@ -12,6 +12,7 @@ from .iosafety import command_scope
 DEMO_BACKBONE = "vit-tiny-test"
 
 
+@command_scope()
 def export_digits(dest: str | os.PathLike, seed: int = 0, fractions: tuple[float, float] = (0.6, 0.2),
                   per_class: int | None = None) -> Path:
     """Write scikit-learn's 1,797 8x8 digit images as PNGs in ``dest/{train,val,test}/<digit>/``.

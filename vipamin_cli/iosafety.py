@@ -15,7 +15,11 @@ entry points, so a Python caller gets the same checks). Inside it:
   records) read back, are not inputs;
 - :func:`artifacts.atomic_path` writes through a short temporary name (``.vp-XXXXXXXX.tmp``, so a legal
   long ``--out`` still works), never follows a symlink, and turns a full disk or a read-only folder
-  into one line that names the option the path came from (:func:`write_failure`).
+  into one line that names the option the path came from (:func:`write_failure`);
+- every temporary file or folder is listed (:func:`temp_file`, :func:`temp_dir`) before it is created and
+  until it is renamed into place, and the command's scope removes whatever is still listed when it ends,
+  so a Ctrl-C at any statement leaves no temporary behind; :func:`shielded` holds Ctrl-C and SIGTERM over a
+  pair of renames that must not be split (a folder moved aside, then its replacement moved in).
 
 ``PATH_OPTIONS`` lists, per command, every option or argument that names a path and what it is; the
 tests walk the command tree and refuse a command whose path options are not listed here.
@@ -27,8 +31,11 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
+import signal
 import stat
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,11 +171,13 @@ def command_scope() -> Iterator[Scope]:
         yield _SCOPES[-1]
         return
     scope = Scope()
-    _SCOPES.append(scope)
     try:
+        _SCOPES.append(scope)  # inside the try: a Ctrl-C just after it cannot leave a stale scope
         yield scope
     finally:
-        _SCOPES.remove(scope)
+        _SCOPES.remove(scope)  # first, and one call: later commands in this process never join a dead scope
+        with shielded():
+            remove_pending()  # what an interrupted write left (see temp_file)
 
 
 def _ident(path: str | os.PathLike) -> tuple[int, int] | None:
@@ -532,17 +541,101 @@ def remove_listed(root: Path, files: Iterable[str], what: str) -> bool:
 # Safe creation: temporary files and locks
 
 
+# Temporary files and folders this process made (or is about to make) and has not yet renamed into place
+# or removed: path -> "file", "tree" (a folder of our own files), "empty" (a folder removed only while
+# empty) or a function that removes it (an old folder moved aside, removed file by file). A name is
+# listed before it is created, so an interrupt between any two statements leaves it listed, and the
+# command's scope removes it (see command_scope).
+_PENDING: dict[Path, str | Callable[[], object]] = {}
+
+
+def _temp_name(parent: Path, suffix: str) -> Path:
+    return parent / f"{TEMP_PREFIX}{secrets.token_hex(4)}{suffix}"
+
+
 def temp_file(parent: Path) -> tuple[int, Path]:
     """Create a new temporary file in ``parent`` with a short name (``.vp-XXXXXXXX.tmp``): O_EXCL, never
-    through a symlink, mode 0600. Returns the open descriptor and the path."""
+    through a symlink, mode 0600, listed until :func:`settle`. Returns the open descriptor and the path."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     for _ in range(100):
-        path = parent / f"{TEMP_PREFIX}{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        path = _temp_name(parent, TEMP_SUFFIX)
+        _PENDING[path] = "file"
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
-        except FileExistsError:
-            continue
-        return fd, path
+            return os.open(path, flags, 0o600), path
+        except FileExistsError:  # another process's name: never ours to remove
+            _PENDING.pop(path, None)
+        except OSError:
+            _PENDING.pop(path, None)
+            raise
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(parent))
+
+
+def temp_dir(parent: Path, suffix: str = TEMP_SUFFIX, *, empty: bool = False) -> Path:
+    """Create a new temporary folder in ``parent`` (``.vp-XXXXXXXX<suffix>``, mode 0700), listed until
+    :func:`settle`. ``empty``: a folder that only receives a rename (an old folder moved aside); left
+    over, it is removed only while empty, so what was moved into it is never deleted."""
+    for _ in range(100):
+        path = _temp_name(parent, suffix)
+        _PENDING[path] = "empty" if empty else "tree"
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            _PENDING.pop(path, None)
+        except OSError:
+            _PENDING.pop(path, None)
+            raise
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(parent))
+
+
+def listed_temp(path: Path, kind: str | Callable[[], object]) -> None:
+    """List a temporary of a caller's own naming (before creating it), or change how a listed one is
+    removed (``kind`` as in ``_PENDING``): removed with the others if the command ends first."""
+    _PENDING[path] = kind
+
+
+def settle(path: Path) -> None:
+    """``path`` was renamed into place or removed: no longer a temporary to clean up."""
+    _PENDING.pop(path, None)
+
+
+def remove_pending() -> None:
+    """Remove every temporary still listed (an interrupted write): files unlinked, our folders removed
+    whole, folders that only received a rename removed only while empty; links never followed."""
+    for path, kind in list(_PENDING.items()):
+        with contextlib.suppress(OSError):
+            if callable(kind):
+                kind()
+            elif kind == "file" or os.path.islink(path):
+                path.unlink(missing_ok=True)
+            elif kind == "tree":
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.rmdir()
+        _PENDING.pop(path, None)
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then hand them to the handlers they would have met
+    (usually a KeyboardInterrupt): for steps that must not be split, such as the two renames that swap a
+    folder. Only Python handlers in the main thread can be held; elsewhere this holds nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: handler for sig, handler in previous.items() if callable(handler)}
+    try:
+        for sig in previous:
+            signal.signal(sig, lambda signum, frame: held.append(signum))
+        yield
+    finally:
+        for sig, handler in reversed(previous.items()):  # SIGINT last: until then a Ctrl-C is still held
+            signal.signal(sig, handler)
+    for signum in held[:1]:
+        previous[signum](signum, None)
 
 
 def check_replaceable(dest: Path, out: Output) -> None:

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from vipamin_cli import iosafety
 from vipamin_cli.errors import InputError, RuntimeFailure
 from vipamin_cli.iosafety import Output, check_input, listing, open_lock, remove_listed, unlisted
 
@@ -137,17 +138,27 @@ def root_lock(root: Path) -> Iterator[None]:
 def staging(root: Path, folder: str) -> Iterator[Path]:
     """A fresh temporary folder of ours inside ``root``; removed again if the block fails or is interrupted."""
     tmp = root / f"{PREFIX}{folder}.{uuid.uuid4().hex[:12]}.tmp"
+    iosafety.listed_temp(tmp, "tree")  # before it exists: a Ctrl-C at any point after cannot leave it behind
     try:
         tmp.mkdir()
-        (tmp / PARTIAL).write_text(f"temporary folder of {TOOL}; safe to delete\n", encoding="utf-8")
     except OSError as exc:
-        raise RuntimeFailure(f"cannot create a folder in {root}: {exc.strerror}",
-                             "free disk space or choose a writable --root") from None
+        iosafety.settle(tmp)
+        raise _cannot_create(root, exc) from None
     try:
+        try:
+            (tmp / PARTIAL).write_text(f"temporary folder of {TOOL}; safe to delete\n", encoding="utf-8")
+        except OSError as exc:
+            raise _cannot_create(root, exc) from None
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        iosafety.settle(tmp)
         raise
+
+
+def _cannot_create(root: Path, exc: OSError) -> RuntimeFailure:
+    return RuntimeFailure(f"cannot create a folder in {root}: {exc.strerror}",
+                          "free disk space or choose a writable --root")
 
 
 def _write_record(folder: Path, record: dict[str, Any]) -> None:
@@ -171,12 +182,23 @@ def commit(tmp: Path, root: Path, folder: str, record: dict[str, Any]) -> Path:
             raise InputError(f"{dest} exists and was not made by `{TOOL}`", "move it away, or pick another --root")
         previous = check_replaceable(dest)  # checked before too; a file may have been added since
         old = root / f"{PREFIX}{folder}.{uuid.uuid4().hex[:12]}.old"
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    (dest / PARTIAL).unlink(missing_ok=True)
+    with iosafety.shielded():  # one step for Ctrl-C: the folder is always the old one or the new one, whole
+        if old is not None and previous is not None:
+            os.replace(dest, old)
+            iosafety.listed_temp(old, lambda: remove_listed(old, [*previous, RECORD], f"the replaced {folder}"))
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if old is not None and previous is not None:
+                os.replace(old, dest)  # put the old folder back: a failed swap changes nothing
+                iosafety.settle(old)
+            raise
+        iosafety.settle(tmp)
+        (dest / PARTIAL).unlink(missing_ok=True)
     _fsync_dir(root)
     if old is not None and previous is not None:
         remove_listed(old, [*previous, RECORD], f"the replaced {folder}")
+        iosafety.settle(old)
     return dest
 
 

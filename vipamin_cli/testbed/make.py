@@ -18,7 +18,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,13 +288,14 @@ def make_testbed(dest: str | os.PathLike, seed: int = 0, tasks: Sequence[str] | 
     sizes = {"train800": train_size, "val200": val_size, "test": test_size}
     with iosafety.writing(iosafety.Output(dest, "DEST")):
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=iosafety.TEMP_PREFIX, suffix=iosafety.TEMP_SUFFIX, dir=dest.parent))
+        tmp = iosafety.temp_dir(dest.parent)
         try:
             manifest = _build(tmp, names, seed, sizes, progress)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
             _swap_in(tmp, dest, previous)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # a folder this call created, with only its own files
+            iosafety.settle(tmp)
             raise
     return dest / MANIFEST
 
@@ -363,21 +363,34 @@ def _previous_testbed(dest: Path, names: list[str]) -> dict | None:
 
 
 def _swap_in(tmp: Path, dest: Path, previous: dict | None) -> None:
-    """Rename the new testbed into place; the old one (all files vipamin made) is removed file by file."""
+    """Rename the new testbed into place; the old one (all files vipamin made) is removed file by file.
+    The two renames are one step for Ctrl-C, so DEST always holds a whole testbed, old or new."""
+    from vipamin_cli import iosafety
+
     if previous is None:
-        tmp.rename(dest)  # absent, or an empty folder (which a rename replaces)
+        with iosafety.shielded():
+            tmp.rename(dest)  # absent, or an empty folder (which a rename replaces)
+            iosafety.settle(tmp)
         return
     files, _ = _listing(dest)
     stray = [f for f in files if f != MANIFEST and f not in previous["files"]]
     if stray:
         raise InputError(f"{dest / stray[0]} appeared while the testbed was being made; vipamin replaces only "
                          "what it made", _NOT_OURS)
-    from vipamin_cli.iosafety import TEMP_PREFIX
-
-    old = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=".old", dir=dest.parent))
-    dest.rename(old)  # onto the empty folder just made
-    tmp.rename(dest)
-    _remove_listed(old, [*previous["files"], MANIFEST])
+    old_files = [*previous["files"], MANIFEST]
+    with iosafety.shielded():
+        old = iosafety.temp_dir(dest.parent, ".old", empty=True)
+        dest.rename(old)  # onto the empty folder just made
+        iosafety.listed_temp(old, lambda: _remove_listed(old, old_files))
+        try:
+            tmp.rename(dest)
+        except OSError:
+            old.rename(dest)  # put the old testbed back: a failed swap changes nothing
+            iosafety.settle(old)
+            raise
+        iosafety.settle(tmp)
+    _remove_listed(old, old_files)
+    iosafety.settle(old)
 
 
 def _remove_listed(root: Path, files: list[str]) -> None:
