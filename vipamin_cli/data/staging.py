@@ -13,6 +13,7 @@ removed by the next run. One run at a time per root (a lock file, never followed
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -176,28 +177,29 @@ def commit(tmp: Path, root: Path, folder: str, record: dict[str, Any]) -> Path:
     dest = root / folder
     files, _ = listing(tmp)
     _write_record(tmp, {**record, "listing": sorted(f for f in files if f != PARTIAL)})
-    old, previous = None, None
+    old, remove_old = None, None
     if os.path.lexists(dest):
         if state(root, folder) != "ours":  # checked before, but the folder may have appeared since
             raise InputError(f"{dest} exists and was not made by `{TOOL}`", "move it away, or pick another --root")
         previous = check_replaceable(dest)  # checked before too; a file may have been added since
         old = root / f"{PREFIX}{folder}.{uuid.uuid4().hex[:12]}.old"
+        remove_old = functools.partial(remove_listed, old, [*previous, RECORD], f"the replaced {folder}")
     with iosafety.shielded():  # one step for Ctrl-C: the folder is always the old one or the new one, whole
-        if old is not None and previous is not None:
+        if old is not None:
             os.replace(dest, old)
-            iosafety.listed_temp(old, lambda: remove_listed(old, [*previous, RECORD], f"the replaced {folder}"))
+            iosafety.listed_temp(old, remove_old)
         try:
             os.replace(tmp, dest)
         except OSError:
-            if old is not None and previous is not None:
+            if old is not None:
                 os.replace(old, dest)  # put the old folder back: a failed swap changes nothing
                 iosafety.settle(old)
             raise
         iosafety.settle(tmp)
         (dest / PARTIAL).unlink(missing_ok=True)
     _fsync_dir(root)
-    if old is not None and previous is not None:
-        remove_listed(old, [*previous, RECORD], f"the replaced {folder}")
+    if old is not None:
+        remove_old()
         iosafety.settle(old)
     return dest
 
