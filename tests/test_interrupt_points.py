@@ -28,11 +28,11 @@ from test_data_get import vtab_entries, write_zip
 # command_scope: its first and last statements are single calls (push and pop of the scope), which a real
 # signal cannot split but a line trace would interrupt before they run.
 WRITE_PATH = {
-    "iosafety.py": {"temp_file", "temp_dir", "_temp_name", "listed_temp", "settle",
-                    "remove_pending", "shielded", "remove_listed", "writing"},
+    "iosafety.py": {"temp_file", "temp_dir", "_new_temp", "_temp_name", "<lambda>", "listed_temp", "settle",
+                    "swap_folder", "remove_pending", "shielded", "remove_listed", "writing"},
     "artifacts.py": {"atomic_path", "save_artifact"},
-    "staging.py": {"staging", "commit", "_write_record", "_cannot_create", "<lambda>"},
-    "make.py": {"make_testbed", "_swap_in", "_remove_listed", "<lambda>"},
+    "staging.py": {"staging", "commit", "_write_record", "_cannot_create"},
+    "make.py": {"make_testbed", "_swap_in", "_remove_listed"},
 }
 _TRACED: dict[CodeType, bool] = {}
 TEMP_MARKS = (".vp-", ".vipamin-get.")

@@ -18,8 +18,8 @@ entry points, so a Python caller gets the same checks). Inside it:
   into one line that names the option the path came from (:func:`write_failure`);
 - every temporary file or folder is listed (:func:`temp_file`, :func:`temp_dir`) before it is created and
   until it is renamed into place, and the command's scope removes whatever is still listed when it ends,
-  so a Ctrl-C at any statement leaves no temporary behind; :func:`shielded` holds Ctrl-C and SIGTERM over a
-  pair of renames that must not be split (a folder moved aside, then its replacement moved in).
+  so a Ctrl-C at any statement leaves no temporary behind; :func:`swap_folder` replaces a folder by two
+  renames (the old one moved aside, the new one moved in) that :func:`shielded` keeps from being split.
 
 ``PATH_OPTIONS`` lists, per command, every option or argument that names a path and what it is; the
 tests walk the command tree and refuse a command whose path options are not listed here.
@@ -557,30 +557,24 @@ def temp_file(parent: Path) -> tuple[int, Path]:
     """Create a new temporary file in ``parent`` with a short name (``.vp-XXXXXXXX.tmp``): O_EXCL, never
     through a symlink, mode 0600, listed until :func:`settle`. Returns the open descriptor and the path."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(100):
-        path = _temp_name(parent, TEMP_SUFFIX)
-        _PENDING[path] = "file"
-        try:
-            return os.open(path, flags, 0o600), path
-        except FileExistsError:  # another process's name: never ours to remove
-            _PENDING.pop(path, None)
-        except OSError:
-            _PENDING.pop(path, None)
-            raise
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(parent))
+    return _new_temp(parent, TEMP_SUFFIX, "file", lambda path: os.open(path, flags, 0o600))
 
 
 def temp_dir(parent: Path, suffix: str = TEMP_SUFFIX, *, empty: bool = False) -> Path:
     """Create a new temporary folder in ``parent`` (``.vp-XXXXXXXX<suffix>``, mode 0700), listed until
     :func:`settle`. ``empty``: a folder that only receives a rename (an old folder moved aside); left
     over, it is removed only while empty, so what was moved into it is never deleted."""
+    return _new_temp(parent, suffix, "empty" if empty else "tree", lambda path: os.mkdir(path, 0o700))[1]
+
+
+def _new_temp(parent: Path, suffix: str, kind: str, create: Callable[[Path], Any]) -> tuple[Any, Path]:
+    """``create`` a fresh name, listed before it exists; a name another process holds is never listed."""
     for _ in range(100):
         path = _temp_name(parent, suffix)
-        _PENDING[path] = "empty" if empty else "tree"
+        _PENDING[path] = kind
         try:
-            os.mkdir(path, 0o700)
-            return path
-        except FileExistsError:
+            return create(path), path
+        except FileExistsError:  # another process's name: never ours to remove
             _PENDING.pop(path, None)
         except OSError:
             _PENDING.pop(path, None)
@@ -636,6 +630,46 @@ def shielded() -> Iterator[None]:
             signal.signal(sig, handler)
     for signum in held[:1]:
         previous[signum](signum, None)
+
+
+def swap_folder(new: Path, dest: Path, aside: Path | None = None,
+                remove_aside: Callable[[], object] | None = None) -> None:
+    """Rename the finished folder ``new`` onto ``dest``. With ``aside`` (a free name, or an empty folder of
+    ours), the folder at ``dest`` moves there first and ``remove_aside`` removes it afterwards (it deletes
+    only what its maker can prove it made). The renames are one step for Ctrl-C (:func:`shielded`) and
+    the first is undone if the second fails, so ``dest`` is always the old folder or the new one, whole;
+    an interrupted removal is finished by the command's scope."""
+    with shielded():
+        if aside is not None:
+            os.replace(dest, aside)
+            listed_temp(aside, remove_aside or "empty")
+        try:
+            os.replace(new, dest)
+        except OSError:
+            if aside is not None:
+                os.replace(aside, dest)
+                settle(aside)
+            raise
+        settle(new)
+    _fsync_dir(dest.parent)
+    if aside is not None:
+        if remove_aside is not None:
+            remove_aside()
+        settle(aside)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames in ``path`` durable where the file system allows it (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def check_replaceable(dest: Path, out: Output) -> None:

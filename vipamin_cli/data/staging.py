@@ -177,6 +177,7 @@ def commit(tmp: Path, root: Path, folder: str, record: dict[str, Any]) -> Path:
     dest = root / folder
     files, _ = listing(tmp)
     _write_record(tmp, {**record, "listing": sorted(f for f in files if f != PARTIAL)})
+    (tmp / PARTIAL).unlink()  # its record marks it ours from here on (see clean_stale)
     old, remove_old = None, None
     if os.path.lexists(dest):
         if state(root, folder) != "ours":  # checked before, but the folder may have appeared since
@@ -184,34 +185,5 @@ def commit(tmp: Path, root: Path, folder: str, record: dict[str, Any]) -> Path:
         previous = check_replaceable(dest)  # checked before too; a file may have been added since
         old = root / f"{PREFIX}{folder}.{uuid.uuid4().hex[:12]}.old"
         remove_old = functools.partial(remove_listed, old, [*previous, RECORD], f"the replaced {folder}")
-    with iosafety.shielded():  # one step for Ctrl-C: the folder is always the old one or the new one, whole
-        if old is not None:
-            os.replace(dest, old)
-            iosafety.listed_temp(old, remove_old)
-        try:
-            os.replace(tmp, dest)
-        except OSError:
-            if old is not None:
-                os.replace(old, dest)  # put the old folder back: a failed swap changes nothing
-                iosafety.settle(old)
-            raise
-        iosafety.settle(tmp)
-        (dest / PARTIAL).unlink(missing_ok=True)
-    _fsync_dir(root)
-    if old is not None:
-        remove_old()
-        iosafety.settle(old)
+    iosafety.swap_folder(tmp, dest, old, remove_old)
     return dest
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -13,6 +13,7 @@ holds ``images/{train,test}/NNNNN.png`` and ``train800.txt``, ``val200.txt``, ``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -368,29 +369,15 @@ def _swap_in(tmp: Path, dest: Path, previous: dict | None) -> None:
     from vipamin_cli import iosafety
 
     if previous is None:
-        with iosafety.shielded():
-            tmp.rename(dest)  # absent, or an empty folder (which a rename replaces)
-            iosafety.settle(tmp)
+        iosafety.swap_folder(tmp, dest)  # absent, or an empty folder (which a rename replaces)
         return
     files, _ = _listing(dest)
     stray = [f for f in files if f != MANIFEST and f not in previous["files"]]
     if stray:
         raise InputError(f"{dest / stray[0]} appeared while the testbed was being made; vipamin replaces only "
                          "what it made", _NOT_OURS)
-    old_files = [*previous["files"], MANIFEST]
-    with iosafety.shielded():
-        old = iosafety.temp_dir(dest.parent, ".old", empty=True)
-        dest.rename(old)  # onto the empty folder just made
-        iosafety.listed_temp(old, lambda: _remove_listed(old, old_files))
-        try:
-            tmp.rename(dest)
-        except OSError:
-            old.rename(dest)  # put the old testbed back: a failed swap changes nothing
-            iosafety.settle(old)
-            raise
-        iosafety.settle(tmp)
-    _remove_listed(old, old_files)
-    iosafety.settle(old)
+    old = iosafety.temp_dir(dest.parent, ".old", empty=True)  # the old testbed is renamed onto it
+    iosafety.swap_folder(tmp, dest, old, functools.partial(_remove_listed, old, [*previous["files"], MANIFEST]))
 
 
 def _remove_listed(root: Path, files: list[str]) -> None:
